@@ -1,0 +1,62 @@
+//! Types shared by the loopswap eBPF programs and the userspace controller.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit fields only, so the
+//! layout the kernel sees is the layout userspace reads: no implicit padding.
+#![no_std]
+
+/// Most functions one watch can probe; bounds the per-function arrays.
+pub const MAX_FUNCTIONS: u32 = 4096;
+
+/// Most (thread, function) pairs tracked at once; bounds the in-flight map.
+pub const MAX_INFLIGHT_ENTRIES: u32 = 65536;
+
+/// The key of the in-flight map: one thread inside one probed function.
+///
+/// Only the thread itself (on whichever CPU it runs) ever changes its own
+/// entry, so the eBPF side needs no atomics on it. Interrupt context that
+/// runs on the idle task (pid 0 on every CPU) uses [`IDLE_TID_FLAG`]` | cpu`
+/// instead, keeping that single-writer rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InflightKey {
+    /// Kernel thread id (the task's pid), or `IDLE_TID_FLAG | cpu`.
+    pub tid: u32,
+    /// Index of the function in the watch's function table.
+    pub func: u32,
+}
+
+/// Marks an [`InflightKey::tid`] that stands for an idle task's interrupt
+/// context on one CPU, not a real thread id.
+pub const IDLE_TID_FLAG: u32 = 0x8000_0000;
+
+/// Slots of the per-CPU `EVENTS` array: events the probes could not account
+/// for, or accounted for specially. Userspace sums them over CPUs.
+pub mod event {
+    /// An entry could not be recorded because the in-flight map was full.
+    pub const INFLIGHT_MAP_FULL: u32 = 0;
+    /// A return arrived with no recorded entry: the thread entered between
+    /// the return probe and the entry probe being attached. Such threads are
+    /// found on the kernel stacks at attach time, so this is not a miss.
+    pub const UNMATCHED_RETURN: u32 = 1;
+    /// A probe fired at an address missing from the function table.
+    pub const UNKNOWN_ADDRESS: u32 = 2;
+    /// Number of slots.
+    pub const COUNT: u32 = 3;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: two u32 fields, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::InflightKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflight_key_has_no_padding() {
+        assert_eq!(core::mem::size_of::<InflightKey>(), 8);
+        assert_eq!(core::mem::align_of::<InflightKey>(), 4);
+    }
+}

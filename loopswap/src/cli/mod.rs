@@ -1,0 +1,72 @@
+//! Command line: one file per subcommand; the doc comments are the help.
+
+mod bench_probe;
+mod watch;
+
+use clap::{Parser, Subcommand};
+
+/// Replace a running kernel module without stopping the devices it serves.
+#[derive(Debug, Parser)]
+#[command(name = "loopswap", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show, live, how many threads are executing inside a module's functions.
+    Watch(watch::WatchArgs),
+    #[command(hide = true)]
+    BenchProbe(bench_probe::BenchProbeArgs),
+}
+
+impl Command {
+    pub fn execute(&self) -> anyhow::Result<()> {
+        match self {
+            Command::Watch(args) => args.execute(),
+            Command::BenchProbe(args) => args.execute(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn watch_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "loopswap",
+            "watch",
+            "--once",
+            "--json",
+            "--interval",
+            "500ms",
+            "m",
+        ])
+        .unwrap();
+        let Command::Watch(args) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(args.module, "m");
+        assert!(args.once && args.json && !args.exported_only);
+        assert_eq!(args.interval, std::time::Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_watch_arguments_are_usage_errors() {
+        for argv in [
+            &["loopswap", "watch"][..],
+            &["loopswap", "watch", "--interval", "fast", "m"],
+            &["loopswap", "watch", "--max-active", "-1", "m"],
+            &["loopswap", "watch", "--bogus", "m"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            // clap exits with status 2 for usage errors, like loopswap's own.
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+        }
+    }
+}

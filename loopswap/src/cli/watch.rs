@@ -1,0 +1,118 @@
+use std::{io::IsTerminal as _, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use loopswap::{
+    counters::{ModuleWatch, WatchOptions},
+    kallsyms::Scope,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Counts, per function, the threads inside MODULE now (including threads
+/// that were already inside before the probes were attached, found on their
+/// kernel stacks) and the calls since start, with totals: frames in flight,
+/// distinct threads inside, and missed events (any non-zero value means the
+/// counts cannot be trusted). Detaches on Ctrl-C or SIGTERM.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The module to watch, as named in /proc/modules (e.g. lsw_fixture).
+    pub module: String,
+
+    /// Count only exported functions, not every function in the module's
+    /// text (threads also enter through ops tables, kthreads, work items and
+    /// timers, which only the default sees).
+    #[arg(long)]
+    pub exported_only: bool,
+
+    /// Time between snapshots: 500ms, 1s, 2m, ...
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Print one snapshot right after attaching, then exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// One JSON object per snapshot, one per line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Concurrent calls per function whose returns can be followed
+    /// (kretprobe maxactive, 1 to 4096). Returns past it are counted as missed.
+    #[arg(long, default_value_t = WatchOptions::default().max_active)]
+    pub max_active: u32,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval =
+        humantime::parse_duration(text).map_err(|err| format!("{err} (write e.g. 500ms, 1s or 2m)"))?;
+    if interval < Duration::from_millis(10) {
+        return Err("an interval under 10ms would only measure loopswap itself".into());
+    }
+    Ok(interval)
+}
+
+impl WatchArgs {
+    pub fn execute(&self) -> anyhow::Result<()> {
+        let options = WatchOptions {
+            scope: if self.exported_only {
+                Scope::ExportedOnly
+            } else {
+                Scope::AllText
+            },
+            max_active: self.max_active,
+        };
+        let mut watch = ModuleWatch::attach(&self.module, &options)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        runtime.block_on(self.run(&mut watch))
+    }
+
+    fn print(&self, watch: &mut ModuleWatch, redraw: bool) -> anyhow::Result<()> {
+        let snapshot = watch.snapshot().context("reading the counters")?;
+        if self.json {
+            println!("{}", snapshot.to_json_line());
+        } else {
+            if redraw {
+                print!("\x1b[H\x1b[2J");
+            }
+            println!("{}", snapshot.to_table());
+        }
+        Ok(())
+    }
+
+    async fn run(&self, watch: &mut ModuleWatch) -> anyhow::Result<()> {
+        let redraw = !self.json && std::io::stdout().is_terminal();
+        self.print(watch, redraw)?;
+        if self.once {
+            return Ok(());
+        }
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.print(watch, redraw)?,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        // Dropping the watch detaches every probe.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_accept_human_units() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_interval("fast").is_err());
+        assert!(parse_interval("1ms").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! loopswap: count the threads executing inside a kernel module, exactly,
+//! as the quiescence signal for replacing that module while it serves.
+//!
+//! [`counters::ModuleWatch`] attaches entry/return probes to a module's
+//! functions, seeds the count from kernel stacks for threads that were
+//! already inside, and produces [`snapshot::Snapshot`]s.
+
+pub mod counters;
+mod error;
+pub mod kallsyms;
+pub mod module;
+pub mod snapshot;
+pub mod stacks;
+pub mod tracefs;
+
+pub use error::Error;

@@ -1,0 +1,111 @@
+//! `cargo xtask`: build loopswap and run it in a VM on Debian's 6.12 kernel.
+
+mod bench;
+mod demo;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use xtask::{build, paths, run, setup, vm};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build loopswap and run it in a qemu VM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing (Debian packages, nightly rust-src, the musl
+    /// target, bpf-linker, Debian's 6.12 kernel and headers). Idempotent.
+    Setup,
+    /// Set up, then build loopswap (static), the kernel modules and the
+    /// base initramfs; only what changed is rebuilt.
+    Build,
+    /// The demo: build everything, boot the VM, and watch loopswap count
+    /// threads inside a module, including those that entered before it.
+    Run,
+    /// Run COMMAND in the VM (under /bin/sh -c, in /add) with loopswap,
+    /// busybox, fio, mkfs.ext4/fsck.ext4, insmod/rmmod on PATH and the
+    /// project's modules in /modules; its exit status becomes ours.
+    Vm {
+        /// A host file to place in the guest at /add/<file name>.
+        #[arg(long = "add", value_name = "PATH")]
+        adds: Vec<PathBuf>,
+        /// Seconds before the VM is killed.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the guest kernel's Kbuild directory, for
+    /// `make -C "$(cargo xtask kdir)" M=DIR modules`.
+    Kdir,
+    /// Benchmarks, measured side by side in one VM run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+    /// The test suite: host unit tests, then the VM tests (tests/).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::ensure_all(),
+        Task::Build => build::all(),
+        Task::Run => {
+            build::all()?;
+            demo::run()
+        }
+        Task::Vm {
+            adds,
+            timeout,
+            command,
+        } => {
+            build::all()?;
+            let mut request = vm::VmRequest::new(command.join(" "));
+            request.adds = adds;
+            request.timeout = Duration::from_secs(timeout);
+            request.echo = true;
+            let outcome = vm::run(&request)?;
+            if outcome.timed_out || !outcome.kernel_problems.is_empty() || outcome.exit_code.is_none() {
+                outcome.check()?;
+            }
+            std::process::exit(outcome.exit_code.unwrap_or(1));
+        }
+        Task::Kdir => {
+            setup::ensure_all()?;
+            println!("{}", paths::kdir().display());
+            Ok(())
+        }
+        Task::Bench { which } => {
+            build::all()?;
+            bench::run(which)
+        }
+        Task::Test => {
+            build::all()?;
+            let cargo = || {
+                let mut command = Command::new(env!("CARGO"));
+                command
+                    .current_dir(paths::workspace())
+                    .env("PATH", setup::path_with_tools());
+                command
+            };
+            run(cargo().args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "tests",
+                "--exclude",
+                "loopswap-ebpf",
+            ]))
+            .context("host tests")?;
+            // One VM at a time: each already uses both cores.
+            run(cargo().args(["test", "--package", "tests", "--", "--test-threads=1"])).context("VM tests")
+        }
+    }
+}

@@ -25,6 +25,37 @@ pub struct InflightKey {
     pub func: u32,
 }
 
+/// The value of the in-flight map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InflightValue {
+    /// Frames of the function this thread is inside.
+    pub depth: u32,
+    /// The lsw instance id the outermost frame works for (read from its
+    /// first argument) if the function is an instance entry point, else
+    /// [`NO_INSTANCE`]; [`MIXED_INSTANCES`] if nested frames disagree.
+    pub instance: u32,
+}
+
+/// The frame works for no known instance.
+pub const NO_INSTANCE: u32 = u32::MAX;
+/// Nested frames of one function work for different instances.
+pub const MIXED_INSTANCES: u32 = u32::MAX - 1;
+
+/// The value of the function table, keyed by entry address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionInfo {
+    /// Index in the watch's function table.
+    pub index: u32,
+    /// `FUNCTION_*` flags.
+    pub flags: u32,
+}
+
+/// The function is an instance entry point: its first argument points at a
+/// `struct lsw_instance`, whose first field is the instance id.
+pub const FUNCTION_INSTANCE_ENTRY: u32 = 1;
+
 /// Marks an [`InflightKey::tid`] that stands for an idle task's interrupt
 /// context on one CPU, not a real thread id.
 pub const IDLE_TID_FLAG: u32 = 0x8000_0000;
@@ -48,6 +79,10 @@ pub mod event {
 mod pod {
     // SAFETY: two u32 fields, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::InflightKey {}
+    // SAFETY: two u32 fields, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::InflightValue {}
+    // SAFETY: two u32 fields, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::FunctionInfo {}
 }
 
 #[cfg(test)]
@@ -58,5 +93,7 @@ mod tests {
     fn inflight_key_has_no_padding() {
         assert_eq!(core::mem::size_of::<InflightKey>(), 8);
         assert_eq!(core::mem::align_of::<InflightKey>(), 4);
+        assert_eq!(core::mem::size_of::<InflightValue>(), 8);
+        assert_eq!(core::mem::size_of::<FunctionInfo>(), 8);
     }
 }

@@ -9,20 +9,28 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_kernel},
     macros::{kprobe, kretprobe, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
-use loopswap_common::{IDLE_TID_FLAG, InflightKey, MAX_FUNCTIONS, MAX_INFLIGHT_ENTRIES, event};
+use loopswap_common::{
+    FUNCTION_INSTANCE_ENTRY, FunctionInfo, IDLE_TID_FLAG, InflightKey, InflightValue, MAX_FUNCTIONS,
+    MAX_INFLIGHT_ENTRIES, MIXED_INSTANCES, NO_INSTANCE, event,
+};
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
 #[map]
-static FUNC_BY_ADDR: HashMap<u64, u32> = HashMap::with_max_entries(2 * MAX_FUNCTIONS, 0);
+static FUNC_BY_ADDR: HashMap<u64, FunctionInfo> = HashMap::with_max_entries(2 * MAX_FUNCTIONS, 0);
 
 /// (thread, function) → frames of that function the thread is inside now.
 #[map]
-static INFLIGHT: HashMap<InflightKey, u64> = HashMap::with_max_entries(MAX_INFLIGHT_ENTRIES, 0);
+static INFLIGHT: HashMap<InflightKey, InflightValue> = HashMap::with_max_entries(MAX_INFLIGHT_ENTRIES, 0);
+
+/// One record (the instance id) each time a thread leaves a function
+/// entirely: wakes a controller waiting for quiescence without polling.
+#[map]
+static LEFT: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// Calls per function since attach.
 #[map]
@@ -41,10 +49,10 @@ fn bump(map: &PerCpuArray<u64>, index: u32) {
 }
 
 #[inline(always)]
-fn current_key(ctx_ip: u64) -> Option<InflightKey> {
+fn current_key(ctx_ip: u64) -> Option<(InflightKey, u32)> {
     // SAFETY: a plain map lookup of a u64 key.
-    let func = match unsafe { FUNC_BY_ADDR.get(ctx_ip) } {
-        Some(func) => *func,
+    let info = match unsafe { FUNC_BY_ADDR.get(ctx_ip) } {
+        Some(info) => *info,
         None => {
             bump(&EVENTS, event::UNKNOWN_ADDRESS);
             return None;
@@ -57,20 +65,45 @@ fn current_key(ctx_ip: u64) -> Option<InflightKey> {
     } else {
         tid
     };
-    Some(InflightKey { tid, func })
+    Some((
+        InflightKey {
+            tid,
+            func: info.index,
+        },
+        info.flags,
+    ))
 }
 
 #[kprobe]
 pub fn lsw_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: the helper is valid in kprobe programs (Linux 5.15+).
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.as_ptr()) };
-    let Some(key) = current_key(ip) else { return 0 };
+    let Some((key, flags)) = current_key(ip) else {
+        return 0;
+    };
     bump(&CALLS, key.func);
+    let instance = if flags & FUNCTION_INSTANCE_ENTRY != 0 {
+        // The first argument points at a struct lsw_instance; its first
+        // field is the id.
+        match ctx.arg::<*const u32>(0) {
+            // SAFETY: bpf_probe_read_kernel checks the address.
+            Some(ptr) => unsafe { bpf_probe_read_kernel(ptr) }.unwrap_or(NO_INSTANCE),
+            None => NO_INSTANCE,
+        }
+    } else {
+        NO_INSTANCE
+    };
     match INFLIGHT.get_ptr_mut(key) {
         // SAFETY: only this thread writes its own key (see InflightKey).
-        Some(depth) => unsafe { *depth += 1 },
+        Some(value) => unsafe {
+            (*value).depth += 1;
+            if (*value).instance != instance {
+                (*value).instance = MIXED_INSTANCES;
+            }
+        },
         None => {
-            if INFLIGHT.insert(key, 1, BPF_NOEXIST as u64).is_err() {
+            let value = InflightValue { depth: 1, instance };
+            if INFLIGHT.insert(key, value, BPF_NOEXIST as u64).is_err() {
                 bump(&EVENTS, event::INFLIGHT_MAP_FULL);
             }
         }
@@ -82,14 +115,17 @@ pub fn lsw_enter(ctx: ProbeContext) -> u32 {
 pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
     // SAFETY: in a kretprobe the helper returns the probed function's entry.
     let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.as_ptr()) };
-    let Some(key) = current_key(ip) else { return 0 };
+    let Some((key, _)) = current_key(ip) else { return 0 };
     match INFLIGHT.get_ptr_mut(key) {
-        Some(depth) => {
+        Some(value) => {
             // SAFETY: only this thread writes its own key (see InflightKey).
-            if unsafe { *depth } <= 1 {
+            let (depth, instance) = unsafe { ((*value).depth, (*value).instance) };
+            if depth <= 1 {
                 let _ = INFLIGHT.remove(key);
+                // A full ring only delays the waiter until its next poll.
+                let _ = LEFT.output::<u32>(instance, 0);
             } else {
-                unsafe { *depth -= 1 };
+                unsafe { (*value).depth -= 1 };
             }
         }
         None => bump(&EVENTS, event::UNMATCHED_RETURN),

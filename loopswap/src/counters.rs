@@ -17,7 +17,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::KProbe,
 };
-use loopswap_common::{InflightKey, MAX_FUNCTIONS, event};
+use loopswap_common::{
+    FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTIONS, NO_INSTANCE, event,
+};
 
 use crate::{
     Error,
@@ -35,6 +37,10 @@ pub struct WatchOptions {
     /// kretprobe `maxactive`: concurrent calls per function whose returns
     /// can be followed. Past it, returns are missed (and reported).
     pub max_active: u32,
+    /// Treat the module's exported functions as lsw instance entry points
+    /// (first argument: `struct lsw_instance *`) and attribute frames to
+    /// instances. See kernel/lsw_core.h.
+    pub attribute_instances: bool,
 }
 
 impl Default for WatchOptions {
@@ -42,6 +48,7 @@ impl Default for WatchOptions {
         Self {
             scope: Scope::AllText,
             max_active: 1024,
+            attribute_instances: false,
         }
     }
 }
@@ -55,7 +62,8 @@ pub struct ModuleWatch {
     /// Functions kprobes refuse (notrace, e.g. `__exit`): not counted.
     unprobed: Vec<String>,
     index_by_name: HashMap<String, u32>,
-    inflight: BpfHashMap<MapData, InflightKey, u64>,
+    inflight: BpfHashMap<MapData, InflightKey, InflightValue>,
+    left: Option<aya::maps::RingBuf<MapData>>,
     calls: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
     tracefs: PathBuf,
@@ -107,12 +115,21 @@ impl ModuleWatch {
         tracefs::remove_stale_events(&tracefs)?;
 
         let mut ebpf = load_object()?;
-        let mut func_by_addr: BpfHashMap<MapData, u64, u32> =
+        let mut func_by_addr: BpfHashMap<MapData, u64, FunctionInfo> =
             BpfHashMap::try_from(take_map(&mut ebpf, "FUNC_BY_ADDR")?)?;
         for (index, function) in functions.iter().enumerate() {
+            let flags = if options.attribute_instances && function.exported {
+                FUNCTION_INSTANCE_ENTRY
+            } else {
+                0
+            };
+            let info = FunctionInfo {
+                index: index as u32,
+                flags,
+            };
             // With IBT the probed address may be reported past the ENDBR.
             for address in [function.address, function.address + 4] {
-                func_by_addr.insert(address, index as u32, 0)?;
+                func_by_addr.insert(address, info, 0)?;
             }
         }
         for name in PROGRAMS {
@@ -125,6 +142,7 @@ impl ModuleWatch {
         let mut watch = Self {
             probes: Vec::with_capacity(2 * functions.len()),
             inflight: BpfHashMap::try_from(take_map(&mut ebpf, "INFLIGHT")?)?,
+            left: Some(aya::maps::RingBuf::try_from(take_map(&mut ebpf, "LEFT")?)?),
             calls: PerCpuArray::try_from(take_map(&mut ebpf, "CALLS")?)?,
             events: PerCpuArray::try_from(take_map(&mut ebpf, "EVENTS")?)?,
             index_by_name: functions
@@ -206,7 +224,12 @@ impl ModuleWatch {
                     tid: tid as u32,
                     func,
                 };
-                (func, self.inflight.get(&key, 0).unwrap_or(0))
+                (
+                    func,
+                    self.inflight
+                        .get(&key, 0)
+                        .map_or(0, |value| u64::from(value.depth)),
+                )
             })
             .collect()
     }
@@ -268,20 +291,29 @@ impl ModuleWatch {
         Ok(map.get(&index, 0)?.iter().sum())
     }
 
-    /// The counts now.
-    pub fn snapshot(&mut self) -> Result<Snapshot, Error> {
-        self.refresh_seeded();
-        let mut inflight = vec![0u64; self.functions.len()];
-        let mut threads = BTreeSet::new();
+    /// Every tracked (thread, function) pair with its frames now.
+    fn tracked_entries(&self) -> Result<Vec<(InflightKey, InflightValue)>, Error> {
+        let mut entries = Vec::new();
         for entry in self.inflight.iter() {
-            let (key, depth) = match entry {
-                Ok(entry) => entry,
+            match entry {
+                Ok(entry) => entries.push(entry),
                 // The entry left between listing its key and reading it.
                 Err(MapError::KeyNotFound) => continue,
                 Err(err) => return Err(err.into()),
-            };
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The counts now.
+    pub fn snapshot(&mut self) -> Result<Snapshot, Error> {
+        self.refresh_seeded();
+        let entries = self.tracked_entries()?;
+        let mut inflight = vec![0u64; self.functions.len()];
+        let mut threads = BTreeSet::new();
+        for (key, value) in &entries {
             if let Some(slot) = inflight.get_mut(key.func as usize) {
-                *slot += depth;
+                *slot += u64::from(value.depth);
             }
             threads.insert(key.tid);
         }
@@ -293,6 +325,7 @@ impl ModuleWatch {
             }
             threads.insert(*tid as u32);
         }
+        let (instances, unattributed) = self.attribute(&entries);
         let mut functions = Vec::with_capacity(self.functions.len());
         for (index, function) in self.functions.iter().enumerate() {
             functions.push(FunctionCount {
@@ -309,7 +342,73 @@ impl ModuleWatch {
             seeded,
             functions,
             unprobed: self.unprobed.clone(),
+            instances: instances
+                .into_iter()
+                .map(|(id, inflight)| crate::snapshot::InstanceCount { id, inflight })
+                .collect(),
+            unattributed,
         })
+    }
+
+    /// What keeps `instance` from quiescence, cheaply (no per-function
+    /// call counts): frames of threads serving it or an unknown instance,
+    /// and missed events.
+    pub fn quiescence(&mut self, instance: u32) -> Result<(u64, u64), Error> {
+        self.refresh_seeded();
+        let (per_instance, unattributed) = self.attribute(&self.tracked_entries()?);
+        Ok((
+            unattributed + per_instance.get(&instance).copied().unwrap_or(0),
+            self.missed()?,
+        ))
+    }
+
+    /// Frames per thread, attributed to the instances its entry frames
+    /// serve; a thread serving no known instance (a kthread, a timer, or a
+    /// thread found on the stacks at attach, whose arguments stacks do not
+    /// show) could serve any: its frames are unattributed.
+    fn attribute(&self, entries: &[(InflightKey, InflightValue)]) -> (BTreeMap<u32, u64>, u64) {
+        let mut per_thread: BTreeMap<u32, (u64, BTreeSet<u32>)> = BTreeMap::new();
+        for (key, value) in entries {
+            let thread = per_thread.entry(key.tid).or_default();
+            thread.0 += u64::from(value.depth);
+            if value.instance != NO_INSTANCE {
+                thread.1.insert(value.instance);
+            }
+        }
+        for ((_, tid), counts) in &self.seeded {
+            per_thread.entry(*tid as u32).or_default().0 += counts.values().sum::<u64>();
+        }
+        let mut instances: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut unattributed = 0;
+        for (frames, serving) in per_thread.values() {
+            if serving.is_empty() || serving.contains(&loopswap_common::MIXED_INSTANCES) {
+                unattributed += frames;
+            } else {
+                for instance in serving {
+                    *instances.entry(*instance).or_default() += frames;
+                }
+            }
+        }
+        (instances, unattributed)
+    }
+
+    /// Threads with frames of this module now, and for each whether the
+    /// probes attribute all of it to instances other than `instance`.
+    pub fn threads_inside(&self) -> Result<BTreeMap<u32, BTreeSet<u32>>, Error> {
+        let mut threads: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for (key, value) in self.tracked_entries()? {
+            let serving = threads.entry(key.tid).or_default();
+            if value.instance != NO_INSTANCE {
+                serving.insert(value.instance);
+            }
+        }
+        Ok(threads)
+    }
+
+    /// Takes the ring buffer that receives a record each time a thread
+    /// leaves a function entirely (for event-driven waiting).
+    pub fn take_left_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.left.take()
     }
 
     /// Every event that could make a count wrong: kprobe misses (including

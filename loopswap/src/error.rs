@@ -34,6 +34,19 @@ pub enum Error {
     },
     #[error("--max-active {0} is out of range: a kretprobe takes 1 to 4096")]
     MaxActive(u32),
+    #[error(
+        "the swap core is not loaded: {} is missing (insmod lsw_core.ko)",
+        crate::control::CONTROL_PATH
+    )]
+    NoCore,
+    #[error("the swap core refused `{command}`: {reason}")]
+    Core { command: String, reason: String },
+    #[error("{}: {why}", path.display())]
+    BadModuleFile { path: PathBuf, why: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    SwapFailed(String),
     #[error("{}: {cause}", path.display())]
     Io { path: PathBuf, cause: std::io::Error },
     #[error("reading /proc: {0}")]
@@ -58,7 +71,10 @@ impl Error {
             | Error::NoFunctions { .. }
             | Error::HiddenAddresses
             | Error::TooManyFunctions { .. }
-            | Error::MaxActive(_) => 2,
+            | Error::MaxActive(_)
+            | Error::NoCore
+            | Error::BadModuleFile { .. }
+            | Error::Usage(_) => 2,
             _ => 1,
         }
     }

@@ -5,12 +5,15 @@
 //! functions, seeds the count from kernel stacks for threads that were
 //! already inside, and produces [`snapshot::Snapshot`]s.
 
+pub mod control;
 pub mod counters;
 mod error;
 pub mod kallsyms;
+pub mod kmod;
 pub mod module;
 pub mod snapshot;
 pub mod stacks;
+pub mod swap;
 pub mod tracefs;
 
 pub use error::Error;

@@ -14,6 +14,13 @@ pub struct FunctionCount {
     pub calls: u64,
 }
 
+/// Frames in flight serving one lsw instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceCount {
+    pub id: u32,
+    pub inflight: u64,
+}
+
 /// Counts for the whole module at one instant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
@@ -32,6 +39,25 @@ pub struct Snapshot {
     /// Functions of the module that cannot be probed (`notrace`, such as
     /// `__exit` code) and so are not counted.
     pub unprobed: Vec<String>,
+    /// With instance attribution (swap): frames per lsw instance.
+    pub instances: Vec<InstanceCount>,
+    /// Frames of threads serving no known instance (kthreads, timers,
+    /// threads found on stacks at attach): they could serve any instance.
+    pub unattributed: u64,
+}
+
+impl Snapshot {
+    /// Frames that keep `instance` from being quiescent: its own and every
+    /// unattributed one.
+    pub fn busy_for(&self, instance: u32) -> u64 {
+        self.unattributed
+            + self
+                .instances
+                .iter()
+                .filter(|count| count.id == instance)
+                .map(|count| count.inflight)
+                .sum::<u64>()
+    }
 }
 
 impl Snapshot {
@@ -97,6 +123,8 @@ mod tests {
                 },
             ],
             unprobed: vec!["m_exit".into()],
+            instances: vec![InstanceCount { id: 3, inflight: 1 }],
+            unattributed: 1,
         }
     }
 
@@ -112,6 +140,12 @@ mod tests {
         assert_eq!(value["functions"][0]["calls"], 5);
         assert_eq!(value["functions"].as_array().unwrap().len(), 2);
         assert!(!sample().to_json_line().contains('\n'));
+    }
+
+    #[test]
+    fn busy_counts_own_and_unattributed_frames() {
+        assert_eq!(sample().busy_for(3), 2);
+        assert_eq!(sample().busy_for(4), 1);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Command line: one file per subcommand; the doc comments are the help.
 
 mod bench_probe;
+mod status;
+mod swap;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Show, live, how many threads are executing inside a module's functions.
     Watch(watch::WatchArgs),
+    /// Hot-swap the implementation of running instances, state and all.
+    Swap(swap::SwapArgs),
+    /// Show implementations, instances and swaps in progress.
+    Status(status::StatusArgs),
     #[command(hide = true)]
     BenchProbe(bench_probe::BenchProbeArgs),
 }
@@ -25,6 +31,8 @@ impl Command {
     pub fn execute(&self) -> anyhow::Result<()> {
         match self {
             Command::Watch(args) => args.execute(),
+            Command::Swap(args) => args.execute(),
+            Command::Status(args) => args.execute(),
             Command::BenchProbe(args) => args.execute(),
         }
     }
@@ -54,6 +62,22 @@ mod tests {
         assert_eq!(args.module, "m");
         assert!(args.once && args.json && !args.exported_only);
         assert_eq!(args.interval, std::time::Duration::from_millis(500));
+    }
+
+    #[test]
+    fn swap_arguments_parse() {
+        let cli = Cli::try_parse_from(["loopswap", "swap", "lswloop0", "--to", "v2.ko", "--timeout", "2s"])
+            .unwrap();
+        let Command::Swap(args) = cli.command else {
+            panic!("not swap")
+        };
+        assert_eq!(args.instances, ["lswloop0"]);
+        assert_eq!(args.to, "v2.ko");
+        assert_eq!(args.timeout, std::time::Duration::from_secs(2));
+        assert!(
+            Cli::try_parse_from(["loopswap", "swap", "lswloop0"]).is_err(),
+            "--to is required"
+        );
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl WatchArgs {
                 Scope::AllText
             },
             max_active: self.max_active,
+            attribute_instances: false,
         };
         let mut watch = ModuleWatch::attach(&self.module, &options)?;
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,55 @@
+use clap::Args;
+use loopswap::control::Control;
+
+/// Show the swap core's classes, implementations (module, version, state
+/// version), instances with the implementation serving each, and any swap
+/// in progress.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StatusArgs {
+    pub fn execute(&self) -> anyhow::Result<()> {
+        loopswap::module::check_root()?;
+        let state = Control::open()?.list()?;
+        if self.json {
+            println!("{}", serde_json::to_string(&state)?);
+            return Ok(());
+        }
+        println!("classes: {}", state.classes.join(", "));
+        println!(
+            "{:<16} {:<10} {:>7} {:>13}  MODULE",
+            "IMPLEMENTATION", "CLASS", "VERSION", "STATE VERSION"
+        );
+        for implementation in &state.implementations {
+            println!(
+                "{:<16} {:<10} {:>7} {:>13}  {}",
+                implementation.name,
+                implementation.class,
+                implementation.version,
+                implementation.state_version,
+                implementation.module
+            );
+        }
+        println!(
+            "{:<4} {:<12} {:<10} {:<16} {:<6} {:>6}  SWAP",
+            "ID", "INSTANCE", "CLASS", "IMPLEMENTATION", "GATE", "HELD"
+        );
+        for instance in &state.instances {
+            println!(
+                "{:<4} {:<12} {:<10} {:<16} {:<6} {:>6}  {}",
+                instance.id,
+                instance.name,
+                instance.class,
+                instance.implementation,
+                instance.gate,
+                instance.held,
+                instance.swap.as_deref().unwrap_or("-")
+            );
+        }
+        Ok(())
+    }
+}

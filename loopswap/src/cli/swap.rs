@@ -1,0 +1,94 @@
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use loopswap::swap::{self, SwapOptions, Target};
+
+/// Replace the implementation serving one or more instances, state and all,
+/// while calls keep arriving: load NEW if needed, attach counters to the old
+/// implementation, close each instance's gate (callers wait), let the old
+/// implementation quiesce, wait until no thread runs its code for that
+/// instance (eBPF counters, confirmed on the kernel stacks), transfer and
+/// transform the state, switch, open the gate; then unload the old module
+/// once nothing uses it. On timeout or any failure the swap is aborted: the
+/// old implementation resumes with its state untouched, and the report names
+/// the functions and threads that held quiescence up.
+#[derive(Debug, Args)]
+pub struct SwapArgs {
+    /// Instances to swap, by name (lswloop0) or id (see `loopswap status`).
+    pub instances: Vec<String>,
+
+    /// The new implementation: a .ko file (loaded if needed) or the name of
+    /// a registered implementation.
+    #[arg(long, value_name = "NEW")]
+    pub to: String,
+
+    /// Swap every instance of the class that does not run NEW yet.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Per instance, how long to wait for quiescence before aborting:
+    /// 500ms, 2s, ...
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Keep the old module loaded even when nothing uses it any more.
+    #[arg(long)]
+    pub keep_old: bool,
+
+    /// Tests only: stop after this phase of the first instance (attach,
+    /// gate, quiesce, wait+confirm, transfer) and sleep until killed.
+    #[arg(long, hide = true, value_name = "PHASE")]
+    pub test_pause_after: Option<String>,
+}
+
+impl SwapArgs {
+    pub fn execute(&self) -> anyhow::Result<()> {
+        let options = SwapOptions {
+            instances: self.instances.clone(),
+            all: self.all,
+            to: Target::parse(&self.to),
+            timeout: self.timeout,
+            keep_old: self.keep_old,
+            pause_after: self.test_pause_after.clone(),
+        };
+        let json = self.json;
+        let mut progress = |line: &str| {
+            if !json {
+                println!("{line}");
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let report = runtime.block_on(swap::run(&options, &mut progress))?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&report).context("serialising the report")?
+            );
+        } else {
+            print!("{}", report.to_table());
+        }
+        if !report.succeeded() {
+            let failed = report
+                .instances
+                .iter()
+                .find(|instance| !instance.committed)
+                .expect("one failed");
+            return Err(loopswap::Error::SwapFailed(format!(
+                "swap of {} aborted, {} resumed: {}",
+                failed.name,
+                failed.from,
+                failed.error.as_deref().unwrap_or("unknown reason")
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}

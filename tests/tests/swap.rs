@@ -1,0 +1,260 @@
+//! `loopswap swap` in the VM: lswloop devices under real load (ext4, fio
+//! with verification) swapped between lswloop_v1 and lswloop_v2. Every VM
+//! run also fails on any WARN (the core's tripwire included), BUG or Oops.
+
+use serde_json::Value;
+use tests::{LSWLOOP_SETUP, device_facts, json_in, run_ok, section};
+
+fn facts_of(output: &str, name: &str, device: &str) -> std::collections::HashMap<String, String> {
+    let line = section(output, name)
+        .into_iter()
+        .find(|line| line.starts_with(device))
+        .unwrap_or_else(|| panic!("{device} missing from section {name}:\n{output}"));
+    device_facts(line)
+}
+
+fn number(facts: &std::collections::HashMap<String, String>, key: &str) -> u64 {
+    facts
+        .get(key)
+        .unwrap_or_else(|| panic!("{key} missing from {facts:?}"))
+        .parse()
+        .unwrap()
+}
+
+fn assert_committed(report: &Value) {
+    let instance = &report["instances"][0];
+    assert_eq!(instance["committed"], true, "{report}");
+    assert!(instance["blackout_us"].as_u64().is_some(), "{report}");
+}
+
+#[test]
+fn ext4_under_fio_survives_repeated_swaps_with_state_carried_over() {
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 256
+mkfs.ext4 -q /dev/lswloop0
+mount -t ext4 /dev/lswloop0 /mnt
+dd if=/dev/urandom of=/mnt/before bs=1M count=8 2>/dev/null
+sync
+md5sum /mnt/before > /tmp/before.md5
+echo "== devices0"; cat /sys/kernel/lswloop/devices
+fio --directory=/mnt --size=16M --bs=4k --rw=randwrite --verify=crc32c --verify_backlog=64 \
+    --verify_fatal=1 --ioengine=psync --time_based --runtime=30 \
+    --name=direct --direct=1 --name=buffered --direct=0 > /tmp/fio.txt 2>&1 &
+fio=$!
+sleep 2
+n=0
+while kill -0 $fio 2>/dev/null || [ $n -lt 4 ]; do
+    n=$((n + 1))
+    for v in 2 1; do
+        echo "== swap$n-$v"; loopswap swap lswloop0 --to /modules/lswloop_v$v.ko --json
+        echo "== devices$n-$v"; cat /sys/kernel/lswloop/devices
+    done
+done
+echo "== rounds"; echo $n
+echo "== fio"; if wait $fio; then echo ok; else echo failed; cat /tmp/fio.txt; fi
+grep -c 'err= 0' /tmp/fio.txt
+echo "== md5"; md5sum -c /tmp/before.md5
+umount /mnt
+echo "== fsck"; if fsck.ext4 -fn /dev/lswloop0 > /tmp/fsck.txt 2>&1; then echo clean; else cat /tmp/fsck.txt; fi
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    let rounds: u64 = section(out, "rounds")[0].parse().unwrap();
+    assert!(rounds >= 4, "only {rounds} rounds");
+    assert_eq!(
+        section(out, "fio"),
+        ["ok", "2"],
+        "fio failed or reported errors:\n{out}"
+    );
+    assert_eq!(section(out, "md5"), ["/mnt/before: OK"]);
+    assert_eq!(section(out, "fsck"), ["clean"]);
+
+    // State carried over: same backing file and size, counters never reset.
+    let mut previous = facts_of(out, "devices0", "lswloop0");
+    assert_eq!(previous["impl"], "lswloop_v1");
+    for round in 1..=rounds {
+        for v in [2, 1] {
+            assert_committed(&json_in(out, &format!("swap{round}-{v}")));
+            let facts = facts_of(out, &format!("devices{round}-{v}"), "lswloop0");
+            assert_eq!(facts["impl"], format!("lswloop_v{v}"));
+            assert_eq!(facts["backing"], "disk0.img");
+            assert_eq!(facts["size"], "268435456");
+            assert_eq!(facts["flags"], "0");
+            for key in ["reads", "writes"] {
+                assert!(
+                    number(&facts, key) >= number(&previous, key),
+                    "{key} went back: {previous:?} -> {facts:?}"
+                );
+            }
+            if v == 2 {
+                // v2 represents the mapping as an extent map.
+                assert_eq!(facts["extents"], "1");
+                assert_eq!(facts["errors"], "0");
+            } else {
+                assert_eq!(facts["offset"], "0");
+            }
+            previous = facts;
+        }
+    }
+}
+
+#[test]
+fn swapping_one_device_leaves_the_other_serving_on_v1() {
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+add disk1 64
+fio --filename=/dev/lswloop1 --size=32M --bs=4k --rw=randwrite --verify=crc32c --verify_backlog=64 \
+    --verify_fatal=1 --direct=1 --ioengine=psync --time_based --runtime=12 --name=other > /tmp/fio.txt 2>&1 &
+fio=$!
+sleep 2
+echo "== swap"; loopswap swap lswloop0 --to /modules/lswloop_v2.ko --json
+echo "== during"; kill -0 $fio && echo fio-running
+echo "== fio"; if wait $fio; then echo ok; else echo failed; cat /tmp/fio.txt; fi
+echo "== status"; loopswap status --json
+echo "== modules"; cut -d' ' -f1 /proc/modules | grep lswloop_ | sort
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    let report = json_in(out, "swap");
+    assert_committed(&report);
+    assert_eq!(
+        report["unloaded"],
+        serde_json::json!([]),
+        "v1 still serves lswloop1: {report}"
+    );
+    assert_eq!(
+        section(out, "during"),
+        ["fio-running"],
+        "the swap must happen under load"
+    );
+    assert_eq!(section(out, "fio"), ["ok"]);
+    let status = json_in(out, "status");
+    let implementation = |name: &str| {
+        status["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap()["implementation"]
+            .clone()
+    };
+    assert_eq!(implementation("lswloop0"), "lswloop_v2");
+    assert_eq!(implementation("lswloop1"), "lswloop_v1");
+    assert_eq!(section(out, "modules"), ["lswloop_v1", "lswloop_v2"]);
+}
+
+#[test]
+fn a_request_held_past_the_timeout_aborts_and_nothing_is_lost() {
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null
+dd if=/tmp/pattern of=/dev/lswloop0 bs=1M oflag=direct 2>/dev/null
+echo 8000 > /sys/module/lswloop_v1/parameters/stall_ms
+dd if=/dev/lswloop0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
+held=$!
+sleep 0.5
+echo "== swap"
+if loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 1s --json 2>/tmp/err; then
+    echo status=0
+else
+    echo "status=$?"
+fi
+echo "== stderr"; cat /tmp/err
+echo 0 > /sys/module/lswloop_v1/parameters/stall_ms
+echo "== held"; if wait $held; then echo ok; else echo failed; fi
+echo "== status"; loopswap status --json
+echo "== modules"; cut -d' ' -f1 /proc/modules | grep lswloop_ | sort
+echo "== readback"; dd if=/dev/lswloop0 bs=1M count=4 iflag=direct 2>/dev/null | cmp - /tmp/pattern && echo same
+echo "== swap2"; loopswap swap lswloop0 --to /modules/lswloop_v2.ko --json
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    let swap = section(out, "swap");
+    let report: Value = serde_json::from_str(swap[0]).unwrap();
+    let instance = &report["instances"][0];
+    assert_eq!(instance["committed"], false, "{report}");
+    assert!(
+        instance["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not become quiescent"),
+        "{report}"
+    );
+    assert!(
+        instance["busy_functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "lswloop_v1_queue_rq"),
+        "{report}"
+    );
+    let holders = instance["holders"].as_array().unwrap();
+    assert!(
+        holders.iter().any(|h| h["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("lswloop_v1_queue_rq"))),
+        "{report}"
+    );
+    assert_eq!(swap[1], "status=1");
+    let stderr = section(out, "stderr");
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].contains("swap of lswloop0 aborted, lswloop_v1 resumed"),
+        "{stderr:?}"
+    );
+    assert_eq!(section(out, "held"), ["ok"], "the held request must complete");
+    let status = json_in(out, "status");
+    let instance = &status["instances"][0];
+    assert_eq!(instance["implementation"], "lswloop_v1");
+    assert_eq!(instance["gate"], "open");
+    assert_eq!(instance["swap"], Value::Null);
+    assert_eq!(
+        section(out, "modules"),
+        ["lswloop_v1"],
+        "the swap unloads what it loaded"
+    );
+    assert_eq!(section(out, "readback"), ["same"]);
+    assert_committed(&json_in(out, "swap2"));
+}
+
+#[test]
+fn a_controller_killed_mid_swap_is_aborted_by_the_core() {
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+fio --filename=/dev/lswloop0 --size=32M --bs=4k --rw=randwrite --verify=crc32c --verify_backlog=64 \
+    --verify_fatal=1 --direct=1 --ioengine=psync --time_based --runtime=15 --name=load > /tmp/fio.txt 2>&1 &
+fio=$!
+sleep 1
+loopswap swap lswloop0 --to /modules/lswloop_v2.ko --test-pause-after gate > /tmp/swap.txt 2>&1 &
+swap=$!
+until loopswap status | grep -q 'gated:lswloop_v2'; do sleep 0.2; done
+echo "== during"; loopswap status --json
+kill -9 $swap
+wait $swap || true
+echo "== after"; loopswap status --json
+sleep 2
+echo "== swap2"; loopswap swap lswloop0 --to lswloop_v2 --json
+echo "== fio"; if wait $fio; then echo ok; else echo failed; cat /tmp/fio.txt; fi
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    let during = &json_in(out, "during")["instances"][0];
+    assert_eq!(during["gate"], "closed");
+    assert_eq!(during["swap"], "gated:lswloop_v2");
+    let after = &json_in(out, "after")["instances"][0];
+    assert_eq!(after["gate"], "open");
+    assert_eq!(after["swap"], Value::Null);
+    assert_eq!(after["implementation"], "lswloop_v1");
+    assert_committed(&json_in(out, "swap2"));
+    assert_eq!(section(out, "fio"), ["ok"]);
+}

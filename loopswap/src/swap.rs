@@ -92,7 +92,13 @@ pub struct InstanceReport {
     /// On failure: functions with threads in flight, and those threads.
     pub busy_functions: Vec<FunctionCount>,
     pub holders: Vec<Holder>,
+    /// Aborted because probe events were missed (retried).
+    #[serde(skip)]
+    pub unprovable: bool,
 }
+
+/// Attempts per instance when probe misses make quiescence unprovable.
+const MISS_ATTEMPTS: u32 = 3;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SwapReport {
@@ -300,7 +306,16 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
             .implementation(&instance.implementation)
             .map(|implementation| implementation.module.clone())
             .unwrap_or_else(|| instance.implementation.clone());
-        let report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
+        // A probe miss makes quiescence unprovable, not false: the swap was
+        // aborted safely, and a fresh attach starts with clean counters.
+        let mut report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
+        for _ in 1..MISS_ATTEMPTS {
+            if report.committed || !report.unprovable {
+                break;
+            }
+            progress(&format!("{}: retrying with fresh counters", instance.name));
+            report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
+        }
         let committed = report.committed;
         reports.push(report);
         if !committed {
@@ -387,6 +402,7 @@ async fn swap_one(
         error: None,
         busy_functions: Vec::new(),
         holders: Vec::new(),
+        unprovable: false,
     };
     let phase = |report: &mut InstanceReport, name: &'static str, at: Instant, progress: Progress<'_>| {
         let micros = micros(at);
@@ -454,6 +470,7 @@ async fn swap_one(
                 ));
             }
             Err(NotQuiescent::Missed(missed)) => {
+                report.unprovable = true;
                 return Err(format!(
                     "{missed} probe events were missed: quiescence cannot be proven"
                 ));

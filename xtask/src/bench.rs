@@ -24,6 +24,15 @@ pub enum Which {
         #[arg(long, default_value_t = 2)]
         threads: u32,
     },
+    /// Blackout (gate closed -> open) of `loopswap swap` on lswloop0 while
+    /// fio writes to ext4 on it (direct and buffered jobs), alternating
+    /// v1 -> v2 -> v1; median and max over all swaps, with the median of
+    /// each phase.
+    Swap {
+        /// Number of swaps.
+        #[arg(long, default_value_t = 20)]
+        swaps: u32,
+    },
 }
 
 fn probes_script(rounds: u32, millis: u32, threads: u32) -> String {
@@ -63,11 +72,95 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
-    let Which::Probes {
-        rounds,
-        millis,
-        threads,
-    } = which;
+    match which {
+        Which::Probes {
+            rounds,
+            millis,
+            threads,
+        } => probes(rounds, millis, threads),
+        Which::Swap { swaps } => swap(swaps),
+    }
+}
+
+fn swap_script(swaps: u32) -> String {
+    format!(
+        r#"set -e
+for m in /lib/modules/ext4/*.ko; do insmod $m; done
+insmod /modules/lsw_core.ko
+insmod /modules/lswloop.ko
+insmod /modules/lswloop_v1.ko
+insmod /modules/lswloop_v2.ko
+truncate -s 256M /tmp/disk0.img
+echo /tmp/disk0.img lswloop_v1 > /sys/kernel/lswloop/add
+mkfs.ext4 -q /dev/lswloop0
+mount -t ext4 /dev/lswloop0 /mnt
+fio --directory=/mnt --size=16M --bs=4k --rw=randwrite --ioengine=psync --time_based --runtime=3600 \
+    --name=direct --direct=1 --name=buffered --direct=0 > /tmp/fio.txt 2>&1 &
+fio=$!
+sleep 2
+for i in $(seq {swaps}); do
+    if [ $((i % 2)) = 1 ]; then to=lswloop_v2; else to=lswloop_v1; fi
+    kill -0 $fio
+    echo "SWAP $(loopswap swap lswloop0 --to $to --keep-old --json)"
+done
+kill -INT $fio
+wait $fio || true
+umount /mnt
+fsck.ext4 -fn /dev/lswloop0 > /dev/null
+"#
+    )
+}
+
+fn swap(swaps: u32) -> anyhow::Result<()> {
+    if swaps == 0 {
+        bail!("--swaps 0: measure at least one swap");
+    }
+    let outcome = vm::run(&vm::VmRequest::new(swap_script(swaps)))?;
+    outcome.check()?;
+    let mut blackouts = Vec::new();
+    let mut held = Vec::new();
+    let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for line in outcome.output.lines() {
+        let Some(json) = line.strip_prefix("SWAP ") else {
+            continue;
+        };
+        let report: serde_json::Value = serde_json::from_str(json).context("a swap report")?;
+        let instance = &report["instances"][0];
+        if instance["committed"] != true {
+            bail!("a swap did not commit: {report}");
+        }
+        blackouts.push(instance["blackout_us"].as_f64().context("blackout_us")?);
+        held.push(instance["held_calls"].as_f64().unwrap_or(0.0));
+        for phase in instance["phases"].as_array().context("phases")? {
+            let name = phase["phase"].as_str().unwrap_or("?").to_owned();
+            phases
+                .entry(name)
+                .or_default()
+                .push(phase["micros"].as_f64().unwrap_or(0.0));
+        }
+    }
+    if blackouts.len() != swaps as usize {
+        bail!(
+            "{} of {swaps} swap reports found\n{}",
+            blackouts.len(),
+            outcome.tail()
+        );
+    }
+    let max = blackouts.iter().copied().fold(0.0, f64::max);
+    println!("\nswap blackout: {swaps} swaps of lswloop0 (v1 <-> v2) under fio on ext4 (qemu TCG)");
+    println!(
+        "blackout (gate closed -> open): median {:.0} us, max {max:.0} us",
+        median(&mut blackouts)
+    );
+    println!("calls held at the gate per swap: median {:.0}", median(&mut held));
+    println!("{:<14} {:>12}", "phase", "median ms");
+    for (name, mut values) in phases {
+        println!("{name:<14} {:>12.3}", median(&mut values) / 1000.0);
+    }
+    Ok(())
+}
+
+fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
     if rounds == 0 {
         bail!("--rounds 0: measure at least one round");
     }

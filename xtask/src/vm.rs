@@ -74,9 +74,18 @@ impl VmOutcome {
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(n)..].join("\n")
         };
+        // From just before the first problem, if there is one: the start of
+        // an oops says what went wrong, its end does not.
+        let lines: Vec<&str> = self.kernel_log.lines().collect();
+        let kernel = match lines
+            .iter()
+            .position(|line| PROBLEM_MARKERS.iter().any(|marker| line.contains(marker)))
+        {
+            Some(first) => lines[first.saturating_sub(5)..lines.len().min(first + 80)].join("\n"),
+            None => last(&self.kernel_log, 40),
+        };
         format!(
-            "--- guest kernel log (last lines) ---\n{}\n--- guest output (last lines) ---\n{}",
-            last(&self.kernel_log, 40),
+            "--- guest kernel log ---\n{kernel}\n--- guest output (last lines) ---\n{}",
             last(&self.output, 20)
         )
     }
@@ -180,6 +189,12 @@ pub fn run(request: &VmRequest) -> anyhow::Result<VmOutcome> {
         "1024",
         "-smp",
         "2",
+        // One host thread runs both vCPUs: with multi-threaded TCG, live
+        // kernel text patching (ftrace/kprobe arming via text_poke_bp) races
+        // with the other vCPU's translated code and the guest crashes
+        // (stray int3, or a jump to 0) even with a plain tracefs kprobe.
+        "-accel",
+        "tcg,thread=single",
         "-display",
         "none",
         "-monitor",

@@ -13,6 +13,8 @@
 #define _LSWLOOP_H
 
 #include <linux/blk-mq.h>
+#include <linux/file.h>
+#include <linux/fs.h>
 
 #include "lsw_core.h"
 
@@ -67,6 +69,24 @@ struct lswloop_state_v2 {
 	struct lswloop_extent extents[LSWLOOP_MAX_EXTENTS];
 	struct lswloop_stats stats;
 };
+
+/*
+ * Shared by both implementations: open a new device's backing file and
+ * report its usable size (whole sectors); an empty file is refused.
+ */
+static inline struct file *lswloop_open_backing(const char *path, loff_t *size)
+{
+	struct file *file = filp_open(path, O_RDWR | O_LARGEFILE, 0);
+
+	if (IS_ERR(file))
+		return file;
+	*size = round_down(i_size_read(file_inode(file)), SECTOR_SIZE);
+	if (!*size) {
+		fput(file);
+		return ERR_PTR(-EINVAL);
+	}
+	return file;
+}
 
 /* Shared by both implementations: one bvec-at-a-time file I/O. */
 static inline blk_status_t lswloop_file_rw(struct file *file, struct request *rq, loff_t pos)

@@ -96,18 +96,12 @@ static struct lsw_state_hdr *v1_create(struct lsw_instance *inst, const char *pa
 
 	if (!s)
 		return ERR_PTR(-ENOMEM);
-	file = filp_open(path, O_RDWR | O_LARGEFILE, 0);
+	file = lswloop_open_backing(path, &s->size);
 	if (IS_ERR(file)) {
 		kfree(s);
 		return ERR_CAST(file);
 	}
 	s->backing = file;
-	s->size = round_down(i_size_read(file_inode(file)), SECTOR_SIZE);
-	if (!s->size) {
-		fput(file);
-		kfree(s);
-		return ERR_PTR(-EINVAL);
-	}
 	return &s->hdr;
 }
 

@@ -160,16 +160,10 @@ static struct lsw_state_hdr *v2_create(struct lsw_instance *inst, const char *pa
 
 	if (!s)
 		return ERR_PTR(-ENOMEM);
-	file = filp_open(path, O_RDWR | O_LARGEFILE, 0);
+	file = lswloop_open_backing(path, &size);
 	if (IS_ERR(file)) {
 		kfree(s);
 		return ERR_CAST(file);
-	}
-	size = round_down(i_size_read(file_inode(file)), SECTOR_SIZE);
-	if (!size) {
-		fput(file);
-		kfree(s);
-		return ERR_PTR(-EINVAL);
 	}
 	s->backing = file;
 	s->nr_extents = 1;

@@ -392,8 +392,8 @@ impl ModuleWatch {
         (instances, unattributed)
     }
 
-    /// Threads with frames of this module now, and for each whether the
-    /// probes attribute all of it to instances other than `instance`.
+    /// Threads the probes see inside this module now, each with the lsw
+    /// instances its entry frames serve (empty: no known instance).
     pub fn threads_inside(&self) -> Result<BTreeMap<u32, BTreeSet<u32>>, Error> {
         let mut threads: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
         for (key, value) in self.tracked_entries()? {

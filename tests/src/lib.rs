@@ -67,16 +67,7 @@ pub fn total(snapshot: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing from {snapshot}"))
 }
 
-/// Loads ext4 (a module in Debian's kernel), the swap core, the lswloop
-/// class and its v1 implementation, and defines `add NAME MB`, which
-/// creates a device backed by /tmp/NAME.img.
-pub const LSWLOOP_SETUP: &str = r#"set -e
-for m in /lib/modules/ext4/*.ko; do insmod $m; done
-insmod /modules/lsw_core.ko
-insmod /modules/lswloop.ko
-insmod /modules/lswloop_v1.ko
-add() { truncate -s ${2}M /tmp/$1.img; echo /tmp/$1.img > /sys/kernel/lswloop/add; }
-"#;
+pub use xtask::vm::LSWLOOP_SETUP;
 
 /// The `key=value` facts of one device line of /sys/kernel/lswloop/devices.
 pub fn device_facts(line: &str) -> std::collections::HashMap<String, String> {

@@ -84,14 +84,9 @@ pub fn run(which: Which) -> anyhow::Result<()> {
 
 fn swap_script(swaps: u32) -> String {
     format!(
-        r#"set -e
-for m in /lib/modules/ext4/*.ko; do insmod $m; done
-insmod /modules/lsw_core.ko
-insmod /modules/lswloop.ko
-insmod /modules/lswloop_v1.ko
+        r#"{setup}
+add disk0 256
 insmod /modules/lswloop_v2.ko
-truncate -s 256M /tmp/disk0.img
-echo /tmp/disk0.img lswloop_v1 > /sys/kernel/lswloop/add
 mkfs.ext4 -q /dev/lswloop0
 mount -t ext4 /dev/lswloop0 /mnt
 fio --directory=/mnt --size=16M --bs=4k --rw=randwrite --ioengine=psync --time_based --runtime=3600 \
@@ -107,7 +102,8 @@ kill -INT $fio
 wait $fio || true
 umount /mnt
 fsck.ext4 -fn /dev/lswloop0 > /dev/null
-"#
+"#,
+        setup = vm::LSWLOOP_SETUP
     )
 }
 

@@ -67,6 +67,17 @@ const PROBLEM_MARKERS: &[&str] = &[
 
 const EXIT_MARKER: &str = "LSW-EXIT ";
 
+/// Loads ext4 (a module in Debian's kernel), the swap core, the lswloop
+/// class and its v1 implementation, and defines `add NAME MB`, which
+/// creates a device backed by /tmp/NAME.img.
+pub const LSWLOOP_SETUP: &str = r#"set -e
+for m in /lib/modules/ext4/*.ko; do insmod $m; done
+insmod /modules/lsw_core.ko
+insmod /modules/lswloop.ko
+insmod /modules/lswloop_v1.ko
+add() { truncate -s ${2}M /tmp/$1.img; echo /tmp/$1.img > /sys/kernel/lswloop/add; }
+"#;
+
 impl VmOutcome {
     /// The last lines of the kernel log and output, for error reports.
     pub fn tail(&self) -> String {

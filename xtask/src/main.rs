@@ -53,8 +53,20 @@ enum Task {
     Test,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+/// Errors print as one line with their causes (`{:#}`), whatever
+/// RUST_BACKTRACE says: a backtrace of xtask helps nobody fix a setup step.
+fn main() -> std::process::ExitCode {
+    match run_task(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> anyhow::Result<()> {
+    match task {
         Task::Setup => setup::ensure_all(),
         Task::Build => build::all(),
         Task::Run => {

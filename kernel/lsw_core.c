@@ -4,40 +4,61 @@
  *
  * See lsw_core.h for the model. The controller drives a swap through
  * /dev/lsw (root only), one text command per write(), the reply read back
- * with read():
+ * with read() until it returns 0:
  *
- *   list                 classes, implementations, instances
- *   begin ID IMPL        close instance ID's gate for a swap to IMPL
- *   quiesce ID           stop the outgoing implementation's async work
- *   transfer ID          export the old state, import it into IMPL
- *   commit ID            switch to IMPL, resume it, open the gate
- *   abort ID             undo whatever was done, reopen on the old one
+ *   list                          classes, implementations, instances
+ *   begin ID FROM TO TIMEOUT_MS   close instance ID's gate for a swap from
+ *                                 FROM (checked) to TO; the core aborts the
+ *                                 swap by itself TIMEOUT_MS later
+ *   drain ID TIMEOUT_MS           wait (interruptibly, bounded) until every
+ *                                 call that passed the gate has left
+ *   quiesce ID                    stop the old implementation's async work
+ *   transfer ID                   export the old state (refused while any
+ *                                 thread is inside it), import it into TO
+ *   commit ID                     switch to TO, resume it, open the gate
+ *   abort ID                      undo, reopen on the old implementation;
+ *                                 from another handle, a forced abort
  *
  * A swap belongs to the file handle that began it: closing the handle (the
- * controller exits or is killed) aborts it, and the old implementation
- * resumes serving with its state untouched.
+ * controller exits or is killed) aborts it, and so does its deadline.
+ *
+ * Locking: lsw_lock guards the lists only and is never held across a
+ * callback into an implementation or a wait. Each instance's swap_lock
+ * serialises that instance's swap steps (callbacks included, under
+ * memalloc_noio) but never a wait for calls or a grace period; lock order
+ * is lsw_lock, then swap_lock. Every lock a command takes is taken
+ * killably, and every wait a command makes is interruptible and bounded.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
+#include <linux/jiffies.h>
+#include <linux/kstrtox.h>
 #include <linux/ktime.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/uaccess.h>
 
 #include "lsw_core.h"
 
-#define LSW_REPLY_MAX 8192
+#define LSW_CMD_MAX 128
+#define LSW_MAX_WORDS 5
+#define LSW_TIMEOUT_MAX_MS (3600U * 1000U)
 
-enum lsw_phase { LSW_GATED, LSW_QUIESCED, LSW_TRANSFERRED };
+enum lsw_phase { LSW_GATED, LSW_DRAINED, LSW_QUIESCED, LSW_TRANSFERRED };
 
 static const char * const phase_names[] = {
 	[LSW_GATED] = "gated",
+	[LSW_DRAINED] = "drained",
 	[LSW_QUIESCED] = "quiesced",
 	[LSW_TRANSFERRED] = "transferred",
 };
@@ -45,30 +66,37 @@ static const char * const phase_names[] = {
 struct lsw_handle;
 
 struct lsw_swap {
-	struct list_head node;		/* in the owning handle's list */
+	struct list_head node;		/* in owner->swaps, under owner->swaps_lock */
 	struct lsw_handle *owner;
-	struct lsw_instance *inst;
+	struct lsw_instance *inst;	/* holds a reference */
 	struct lsw_impl *from;
-	struct lsw_impl *to;
+	struct lsw_impl *to;		/* holds a reference on to->owner */
 	enum lsw_phase phase;
 	struct lsw_state_hdr *new_state;
 	ktime_t gate_closed_at;
 	s64 held_before;
+	unsigned long deadline;		/* jiffies */
+	u64 gen;			/* inst->swap_gen while this swap lives */
 };
 
 struct lsw_handle {
+	u64 id;
+	struct mutex lock;		/* one command at a time, and its reply */
+	spinlock_t swaps_lock;
 	struct list_head swaps;
 	char *reply;
 	size_t reply_len;
-	bool reply_pending;
+	size_t reply_cap;
+	size_t reply_pos;
+	bool reply_failed;
 };
 
-/* Protects the lists and every swap's state. */
 static DEFINE_MUTEX(lsw_lock);
 static LIST_HEAD(lsw_classes);
 static LIST_HEAD(lsw_impls);
 static LIST_HEAD(lsw_instances);
 static DEFINE_IDA(lsw_ids);
+static atomic64_t lsw_handle_ids = ATOMIC64_INIT(0);
 
 static struct lsw_class *find_class(const char *name)
 {
@@ -87,16 +115,6 @@ static struct lsw_impl *find_impl(const char *name)
 	list_for_each_entry(impl, &lsw_impls, node)
 		if (!strcmp(impl->name, name))
 			return impl;
-	return NULL;
-}
-
-static struct lsw_instance *find_instance(u32 id)
-{
-	struct lsw_instance *inst;
-
-	list_for_each_entry(inst, &lsw_instances, node)
-		if (inst->id == id)
-			return inst;
 	return NULL;
 }
 
@@ -130,13 +148,17 @@ int lsw_impl_register(struct lsw_impl *impl)
 	    !impl->ops->export_state || !impl->ops->import_state ||
 	    !impl->ops->can_import)
 		return -EINVAL;
+	INIT_LIST_HEAD(&impl->retired);
 	mutex_lock(&lsw_lock);
-	if (find_impl(impl->name))
+	if (find_impl(impl->name)) {
 		ret = -EEXIST;
-	else if (!find_class(impl->class_name))
-		ret = -ENOENT;
-	else
+	} else if (!find_class(impl->class_name)) {
+		pr_err("%s: class %s is not registered (load its class module first)\n",
+		       impl->name, impl->class_name);
+		ret = -ENXIO;
+	} else {
 		list_add_tail(&impl->node, &lsw_impls);
+	}
 	mutex_unlock(&lsw_lock);
 	if (!ret)
 		pr_info("%s: %s version %u (state version %u) registered\n",
@@ -146,14 +168,22 @@ int lsw_impl_register(struct lsw_impl *impl)
 EXPORT_SYMBOL_GPL(lsw_impl_register);
 
 /*
- * No instance can use @impl here: each holds a reference on the owner
- * module, and so does each swap towards it.
+ * No instance or swap can use @impl here: each holds a reference on the
+ * owner module. Old states retired by commits are freed now.
  */
 void lsw_impl_unregister(struct lsw_impl *impl)
 {
+	struct lsw_state_hdr *state, *tmp;
+	LIST_HEAD(retired);
+
 	mutex_lock(&lsw_lock);
 	list_del(&impl->node);
+	list_splice_init(&impl->retired, &retired);
 	mutex_unlock(&lsw_lock);
+	list_for_each_entry_safe(state, tmp, &retired, retired) {
+		list_del(&state->retired);
+		impl->ops->destroy(NULL, state);
+	}
 }
 EXPORT_SYMBOL_GPL(lsw_impl_unregister);
 
@@ -168,10 +198,28 @@ static struct lsw_impl *newest_impl(struct lsw_class *cls)
 	return best;
 }
 
+static void instance_free(struct kref *ref)
+{
+	struct lsw_instance *inst = container_of(ref, struct lsw_instance, ref);
+
+	/* A drain may have started a grace period: let it end before cleanup. */
+	synchronize_srcu(&inst->srcu);
+	cleanup_srcu_struct(&inst->srcu);
+	kfree(inst);
+}
+
+static void instance_put(struct lsw_instance *inst)
+{
+	kref_put(&inst->ref, instance_free);
+}
+
+static void deadline_fn(struct work_struct *work);
+
 struct lsw_instance *lsw_instance_create(struct lsw_class *cls, const char *name,
 					 const char *impl_name, const char *arg,
 					 void *class_data)
 {
+	struct lsw_state_hdr *state;
 	struct lsw_instance *inst;
 	struct lsw_impl *impl;
 	int ret;
@@ -180,66 +228,86 @@ struct lsw_instance *lsw_instance_create(struct lsw_class *cls, const char *name
 	if (!inst)
 		return ERR_PTR(-ENOMEM);
 	ret = init_srcu_struct(&inst->srcu);
-	if (ret)
-		goto free;
+	if (ret) {
+		kfree(inst);
+		return ERR_PTR(ret);
+	}
 	init_waitqueue_head(&inst->gate_wq);
+	kref_init(&inst->ref);
+	mutex_init(&inst->swap_lock);
+	INIT_DELAYED_WORK(&inst->deadline_work, deadline_fn);
 	strscpy(inst->name, name, sizeof(inst->name));
 	inst->cls = cls;
 	inst->class_data = class_data;
 
 	mutex_lock(&lsw_lock);
 	impl = impl_name ? find_impl(impl_name) : newest_impl(cls);
-	if (!impl || strcmp(impl->class_name, cls->name)) {
-		ret = -ENOENT;
-		goto unlock;
-	}
-	if (!try_module_get(impl->owner)) {
-		ret = -ENOENT;
-		goto unlock;
+	if (!impl || strcmp(impl->class_name, cls->name) || !try_module_get(impl->owner)) {
+		mutex_unlock(&lsw_lock);
+		instance_put(inst);
+		return ERR_PTR(-ENOENT);
 	}
 	ret = ida_alloc(&lsw_ids, GFP_KERNEL);
+	mutex_unlock(&lsw_lock);
 	if (ret < 0)
 		goto put;
 	inst->id = ret;
 	inst->impl = impl;
-	inst->state = impl->ops->create(inst, arg);
-	if (IS_ERR(inst->state)) {
-		ret = PTR_ERR(inst->state);
+
+	/* Not under lsw_lock: create() opens files, which may wait on I/O. */
+	state = impl->ops->create(inst, arg);
+	if (IS_ERR(state)) {
+		ret = PTR_ERR(state);
 		ida_free(&lsw_ids, inst->id);
 		goto put;
 	}
+	inst->state = state;
+	mutex_lock(&lsw_lock);
 	list_add_tail(&inst->node, &lsw_instances);
 	mutex_unlock(&lsw_lock);
 	return inst;
 
 put:
 	module_put(impl->owner);
-unlock:
-	mutex_unlock(&lsw_lock);
-	cleanup_srcu_struct(&inst->srcu);
-free:
-	kfree(inst);
+	instance_put(inst);
 	return ERR_PTR(ret);
 }
 EXPORT_SYMBOL_GPL(lsw_instance_create);
 
-static void swap_abort(struct lsw_swap *swap);
+static void swap_abort(struct lsw_swap *swap, const char *why);
+
+void lsw_instance_retire(struct lsw_instance *inst)
+{
+	mutex_lock(&inst->swap_lock);
+	inst->retiring = true;
+	if (inst->swap)
+		swap_abort(inst->swap, "the instance is being removed");
+	mutex_unlock(&inst->swap_lock);
+	/* No swap can begin any more, so nothing re-arms it. */
+	cancel_delayed_work_sync(&inst->deadline_work);
+}
+EXPORT_SYMBOL_GPL(lsw_instance_retire);
 
 /* The caller has stopped all calls into @inst. */
 void lsw_instance_destroy(struct lsw_instance *inst)
 {
+	lsw_instance_retire(inst);
 	mutex_lock(&lsw_lock);
-	if (inst->swap)
-		swap_abort(inst->swap);
 	list_del(&inst->node);
-	inst->impl->ops->destroy(inst, inst->state);
-	module_put(inst->impl->owner);
 	ida_free(&lsw_ids, inst->id);
 	mutex_unlock(&lsw_lock);
-	cleanup_srcu_struct(&inst->srcu);
-	kfree(inst);
+	inst->impl->ops->destroy(inst, inst->state);
+	module_put(inst->impl->owner);
+	instance_put(inst);
 }
 EXPORT_SYMBOL_GPL(lsw_instance_destroy);
+
+static void enter_as(struct lsw_instance *inst, struct lsw_call *call)
+{
+	call->inst = inst;
+	call->impl = inst->impl;
+	call->state = inst->state;
+}
 
 void lsw_enter(struct lsw_instance *inst, struct lsw_call *call)
 {
@@ -250,13 +318,25 @@ void lsw_enter(struct lsw_instance *inst, struct lsw_call *call)
 			break;
 		srcu_read_unlock(&inst->srcu, call->srcu_idx);
 		atomic64_inc(&inst->held_at_gate);
+		/* Bounded: the swap's deadline reopens the gate. */
 		wait_event(inst->gate_wq, !smp_load_acquire(&inst->gate_closed));
 	}
-	call->inst = inst;
-	call->impl = inst->impl;
-	call->state = inst->state;
+	enter_as(inst, call);
 }
 EXPORT_SYMBOL_GPL(lsw_enter);
+
+bool lsw_try_enter(struct lsw_instance *inst, struct lsw_call *call)
+{
+	call->srcu_idx = srcu_read_lock(&inst->srcu);
+	/* Pairs with the release in gate_open(), as in lsw_enter(). */
+	if (smp_load_acquire(&inst->gate_closed)) {
+		srcu_read_unlock(&inst->srcu, call->srcu_idx);
+		return false;
+	}
+	enter_as(inst, call);
+	return true;
+}
+EXPORT_SYMBOL_GPL(lsw_try_enter);
 
 void lsw_exit(struct lsw_call *call)
 {
@@ -266,6 +346,7 @@ EXPORT_SYMBOL_GPL(lsw_exit);
 
 static void gate_open(struct lsw_instance *inst)
 {
+	/* Publishes impl and state to callers that see the gate open. */
 	smp_store_release(&inst->gate_closed, false);
 	wake_up_all(&inst->gate_wq);
 }
@@ -280,17 +361,27 @@ static s64 held_calls(struct lsw_swap *swap)
 	return atomic64_read(&swap->inst->held_at_gate) - swap->held_before;
 }
 
-static void swap_free(struct lsw_swap *swap)
-{
-	swap->inst->swap = NULL;
-	list_del(&swap->node);
-	kfree(swap);
-}
-
-/* Caller holds lsw_lock. Back to the old implementation, state untouched. */
-static void swap_abort(struct lsw_swap *swap)
+/* Caller holds inst->swap_lock, and a reference on inst besides the swap's. */
+static void swap_free(struct lsw_swap *swap, bool put_to)
 {
 	struct lsw_instance *inst = swap->inst;
+
+	inst->swap = NULL;
+	WRITE_ONCE(inst->swap_gen, inst->swap_gen + 1);
+	spin_lock(&swap->owner->swaps_lock);
+	list_del(&swap->node);
+	spin_unlock(&swap->owner->swaps_lock);
+	if (put_to)
+		module_put(swap->to->owner);
+	kfree(swap);
+	instance_put(inst);
+}
+
+/* Caller holds inst->swap_lock. Back to the old implementation, state untouched. */
+static void swap_abort(struct lsw_swap *swap, const char *why)
+{
+	struct lsw_instance *inst = swap->inst;
+	unsigned int noio = memalloc_noio_save();
 
 	if (swap->phase >= LSW_TRANSFERRED) {
 		swap->to->ops->destroy(inst, swap->new_state);
@@ -298,32 +389,72 @@ static void swap_abort(struct lsw_swap *swap)
 	}
 	if (swap->phase >= LSW_QUIESCED && swap->from->ops->resume)
 		swap->from->ops->resume(inst, inst->state);
+	memalloc_noio_restore(noio);
 	gate_open(inst);
-	module_put(swap->to->owner);
-	pr_info("%s: swap %s -> %s aborted in phase %s, blackout %lld us\n",
+	inst->last_abort_owner = swap->owner->id;
+	strscpy(inst->last_abort, why, sizeof(inst->last_abort));
+	pr_info("%s: swap %s -> %s aborted in phase %s (%s), blackout %lld us\n",
 		inst->name, swap->from->name, swap->to->name,
-		phase_names[swap->phase], blackout_us(swap));
-	swap_free(swap);
+		phase_names[swap->phase], why, blackout_us(swap));
+	swap_free(swap, true);
 }
 
-static int reply(struct lsw_handle *h, const char *fmt, ...)
+static void deadline_fn(struct work_struct *work)
 {
-	va_list args;
+	struct lsw_instance *inst = container_of(to_delayed_work(work),
+						 struct lsw_instance, deadline_work);
+
+	/*
+	 * The instance is alive: lsw_instance_retire() cancels this work
+	 * before the instance can go.
+	 */
+	mutex_lock(&inst->swap_lock);
+	if (inst->swap && time_after_eq(jiffies, inst->swap->deadline))
+		swap_abort(inst->swap, "its deadline passed (the controller stopped or hung)");
+	mutex_unlock(&inst->swap_lock);
+}
+
+static __printf(2, 3) void reply(struct lsw_handle *h, const char *fmt, ...)
+{
+	va_list args, again;
+	size_t room, cap;
+	char *bigger;
 	int len;
 
+	if (h->reply_failed)
+		return;
 	va_start(args, fmt);
-	len = vsnprintf(h->reply + h->reply_len, LSW_REPLY_MAX - h->reply_len, fmt, args);
+	va_copy(again, args);
+	room = h->reply_cap - h->reply_len;
+	len = vsnprintf(h->reply + h->reply_len, room, fmt, args);
+	if (len >= room) {
+		/* Grow: a listing is complete at any size. */
+		cap = max(2 * h->reply_cap, h->reply_len + len + 1);
+		bigger = kvmalloc(cap, GFP_KERNEL);
+		if (!bigger) {
+			h->reply_failed = true;
+			goto out;
+		}
+		memcpy(bigger, h->reply, h->reply_len);
+		kvfree(h->reply);
+		h->reply = bigger;
+		h->reply_cap = cap;
+		vsnprintf(h->reply + h->reply_len, cap - h->reply_len, fmt, again);
+	}
+	h->reply_len += len;
+out:
+	va_end(again);
 	va_end(args);
-	h->reply_len = min_t(size_t, h->reply_len + len, LSW_REPLY_MAX - 1);
-	return 0;
 }
 
 static int cmd_list(struct lsw_handle *h)
 {
+	struct lsw_instance *inst;
 	struct lsw_class *cls;
 	struct lsw_impl *impl;
-	struct lsw_instance *inst;
 
+	if (mutex_lock_killable(&lsw_lock))
+		return -EINTR;
 	list_for_each_entry(cls, &lsw_classes, node)
 		reply(h, "class %s\n", cls->name);
 	list_for_each_entry(impl, &lsw_impls, node)
@@ -331,6 +462,8 @@ static int cmd_list(struct lsw_handle *h)
 		      impl->name, impl->class_name, impl->version,
 		      impl->state_version, module_name(impl->owner));
 	list_for_each_entry(inst, &lsw_instances, node) {
+		/* Bounded: holders of swap_lock never wait for calls. */
+		mutex_lock(&inst->swap_lock);
 		reply(h, "instance %u name=%s class=%s impl=%s gate=%s held=%lld",
 		      inst->id, inst->name, inst->cls->name, inst->impl->name,
 		      inst->gate_closed ? "closed" : "open",
@@ -340,61 +473,231 @@ static int cmd_list(struct lsw_handle *h)
 			      inst->swap->to->name);
 		else
 			reply(h, " swap=none\n");
+		mutex_unlock(&inst->swap_lock);
+	}
+	mutex_unlock(&lsw_lock);
+	reply(h, "end\n");
+	return 0;
+}
+
+static struct lsw_instance *get_instance(struct lsw_handle *h, const char *word)
+{
+	struct lsw_instance *inst, *found = NULL;
+	u32 id;
+
+	if (kstrtou32(word, 10, &id)) {
+		reply(h, "bad instance id %s: a decimal number (loopswap status lists them)\n", word);
+		return ERR_PTR(-EINVAL);
+	}
+	if (mutex_lock_killable(&lsw_lock))
+		return ERR_PTR(-EINTR);
+	list_for_each_entry(inst, &lsw_instances, node) {
+		if (inst->id == id) {
+			kref_get(&inst->ref);
+			found = inst;
+			break;
+		}
+	}
+	mutex_unlock(&lsw_lock);
+	if (!found) {
+		reply(h, "no instance %u\n", id);
+		return ERR_PTR(-ENOENT);
+	}
+	return found;
+}
+
+static int parse_timeout(struct lsw_handle *h, const char *word, unsigned int *ms)
+{
+	if (kstrtouint(word, 10, ms) || !*ms || *ms > LSW_TIMEOUT_MAX_MS) {
+		reply(h, "bad timeout %s: milliseconds, 1 to %u\n", word, LSW_TIMEOUT_MAX_MS);
+		return -EINVAL;
 	}
 	return 0;
 }
 
-static int cmd_begin(struct lsw_handle *h, struct lsw_instance *inst, const char *to_name)
+/*
+ * The swap @h began on @inst, or NULL with the reason in the reply. Caller
+ * holds inst->swap_lock.
+ */
+static struct lsw_swap *owned_swap(struct lsw_handle *h, struct lsw_instance *inst,
+				   const char *verb, int *err)
 {
-	struct lsw_impl *to = find_impl(to_name);
-	struct lsw_impl *from = inst->impl;
-	struct lsw_swap *swap;
+	struct lsw_swap *swap = inst->swap;
 
-	if (inst->swap) {
-		reply(h, "instance %u is already being swapped\n", inst->id);
-		return -EBUSY;
+	if (swap && swap->owner == h)
+		return swap;
+	if (!swap && inst->last_abort_owner == h->id) {
+		reply(h, "%s: the core aborted this swap: %s\n", verb, inst->last_abort);
+		*err = -ECANCELED;
+	} else {
+		reply(h, "%s: instance %u has no swap begun on this handle\n", verb, inst->id);
+		*err = -ENOENT;
 	}
-	if (!to || strcmp(to->class_name, inst->cls->name)) {
-		reply(h, "no %s implementation named %s is registered\n", inst->cls->name, to_name);
-		return -ENOENT;
-	}
-	if (to == from) {
-		reply(h, "instance %u already runs %s\n", inst->id, to->name);
-		return -EALREADY;
-	}
-	if (!to->ops->can_import(from->state_version)) {
-		reply(h, "%s has no transformer from %s's state version %u\n",
-		      to->name, from->name, from->state_version);
-		return -EPROTO;
-	}
+	return NULL;
+}
+
+static int cmd_begin(struct lsw_handle *h, struct lsw_instance *inst, const char *from_name,
+		     const char *to_name, unsigned int timeout_ms)
+{
+	struct lsw_swap *swap;
+	struct lsw_impl *to;
+	int ret;
+
 	swap = kzalloc(sizeof(*swap), GFP_KERNEL);
 	if (!swap)
 		return -ENOMEM;
-	if (!try_module_get(to->owner)) {
+	if (mutex_lock_killable(&lsw_lock)) {
 		kfree(swap);
-		reply(h, "%s is being unloaded\n", to->name);
+		return -EINTR;
+	}
+	to = find_impl(to_name);
+	if (to && !try_module_get(to->owner))
+		to = NULL;
+	mutex_unlock(&lsw_lock);
+	if (!to) {
+		kfree(swap);
+		reply(h, "no implementation named %s is registered\n", to_name);
 		return -ENOENT;
 	}
+	if (mutex_lock_killable(&inst->swap_lock)) {
+		ret = -EINTR;
+		goto put;
+	}
+	ret = -ENODEV;
+	if (inst->retiring) {
+		reply(h, "instance %u is being removed\n", inst->id);
+		goto unlock;
+	}
+	ret = -EBUSY;
+	if (inst->swap) {
+		reply(h, "instance %u is already being swapped (%s -> %s) by another controller\n",
+		      inst->id, inst->swap->from->name, inst->swap->to->name);
+		goto unlock;
+	}
+	ret = -ESTALE;
+	if (strcmp(inst->impl->name, from_name)) {
+		reply(h, "instance %u runs %s, not %s\n", inst->id, inst->impl->name, from_name);
+		goto unlock;
+	}
+	ret = -ENOENT;
+	if (strcmp(to->class_name, inst->cls->name)) {
+		reply(h, "%s is a %s implementation, instance %u is a %s\n",
+		      to->name, to->class_name, inst->id, inst->cls->name);
+		goto unlock;
+	}
+	ret = -EALREADY;
+	if (to == inst->impl) {
+		reply(h, "instance %u already runs %s\n", inst->id, to->name);
+		goto unlock;
+	}
+	ret = -EPROTO;
+	if (!to->ops->can_import(inst->impl->state_version)) {
+		reply(h, "%s has no transformer from %s's state version %u\n",
+		      to->name, inst->impl->name, inst->impl->state_version);
+		goto unlock;
+	}
+	kref_get(&inst->ref);
 	swap->owner = h;
 	swap->inst = inst;
-	swap->from = from;
+	swap->from = inst->impl;
 	swap->to = to;
 	swap->phase = LSW_GATED;
 	swap->held_before = atomic64_read(&inst->held_at_gate);
-	swap->gate_closed_at = ktime_get();
+	swap->deadline = jiffies + msecs_to_jiffies(timeout_ms);
+	spin_lock(&h->swaps_lock);
 	list_add_tail(&swap->node, &h->swaps);
+	spin_unlock(&h->swaps_lock);
 	inst->swap = swap;
+	WRITE_ONCE(inst->swap_gen, inst->swap_gen + 1);
+	swap->gen = inst->swap_gen;
+	swap->gate_closed_at = ktime_get();
 	WRITE_ONCE(inst->gate_closed, true);
 	/* Order the gate before whatever the controller reads next. */
 	smp_mb();
-	reply(h, "ok gated %s -> %s\n", from->name, to->name);
+	mod_delayed_work(system_wq, &inst->deadline_work, msecs_to_jiffies(timeout_ms));
+	reply(h, "ok gated %s -> %s deadline_ms=%u\n", swap->from->name, to->name, timeout_ms);
+	mutex_unlock(&inst->swap_lock);
 	return 0;
+
+unlock:
+	mutex_unlock(&inst->swap_lock);
+put:
+	module_put(to->owner);
+	kfree(swap);
+	return ret;
+}
+
+/*
+ * Calls that passed the gate before it closed are inside SRCU read
+ * sections: wait for a grace period, polled so that the wait is
+ * interruptible, bounded, and ends early if the swap is aborted meanwhile.
+ */
+static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned int timeout_ms)
+{
+	unsigned long cookie, until;
+	struct lsw_swap *swap;
+	u64 gen;
+	ktime_t started;
+	int ret = 0;
+
+	if (mutex_lock_killable(&inst->swap_lock))
+		return -EINTR;
+	swap = owned_swap(h, inst, "drain", &ret);
+	if (!swap)
+		goto unlock;
+	if (swap->phase != LSW_GATED) {
+		reply(h, "drain: swap is %s, not gated\n", phase_names[swap->phase]);
+		ret = -EINVAL;
+		goto unlock;
+	}
+	until = jiffies + msecs_to_jiffies(timeout_ms);
+	if (time_before(swap->deadline, until))
+		until = swap->deadline;
+	gen = swap->gen;
+	started = ktime_get();
+	cookie = start_poll_synchronize_srcu(&inst->srcu);
+	mutex_unlock(&inst->swap_lock);
+
+	while (!poll_state_synchronize_srcu(&inst->srcu, cookie)) {
+		if (READ_ONCE(inst->swap_gen) != gen)
+			break;
+		if (signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		if (time_after_eq(jiffies, until)) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		usleep_range_state(100, 200, TASK_INTERRUPTIBLE);
+	}
+
+	if (mutex_lock_killable(&inst->swap_lock))
+		return -EINTR;
+	if (inst->swap_gen != gen) {
+		/* Aborted meanwhile (deadline, forced abort, removal). */
+		ret = -ECANCELED;
+		owned_swap(h, inst, "drain", &ret);
+		goto unlock;
+	}
+	if (ret == -ETIMEDOUT)
+		reply(h, "drain: calls that passed the gate are still inside %s after %lld ms\n",
+		      swap->from->name, ktime_ms_delta(ktime_get(), started));
+	else if (ret == -EINTR)
+		reply(h, "drain: interrupted by a signal\n");
+	else {
+		swap->phase = LSW_DRAINED;
+		reply(h, "ok drained in %lld us\n", ktime_us_delta(ktime_get(), started));
+	}
+unlock:
+	mutex_unlock(&inst->swap_lock);
+	return ret;
 }
 
 static int cmd_quiesce(struct lsw_handle *h, struct lsw_swap *swap)
 {
-	if (swap->phase != LSW_GATED) {
-		reply(h, "quiesce: swap is %s, not gated\n", phase_names[swap->phase]);
+	if (swap->phase != LSW_DRAINED) {
+		reply(h, "quiesce: swap is %s, not drained\n", phase_names[swap->phase]);
 		return -EINVAL;
 	}
 	if (swap->from->ops->quiesce)
@@ -407,32 +710,41 @@ static int cmd_quiesce(struct lsw_handle *h, struct lsw_swap *swap)
 static int cmd_transfer(struct lsw_handle *h, struct lsw_swap *swap)
 {
 	struct lsw_instance *inst = swap->inst;
+	struct lsw_state_hdr *old = inst->state;
 	struct lsw_state blob = {};
 	struct lsw_state_hdr *new_state;
-	int ret;
+	int inside, ret;
 
 	if (swap->phase != LSW_QUIESCED) {
 		reply(h, "transfer: swap is %s, not quiesced\n", phase_names[swap->phase]);
 		return -EINVAL;
 	}
 	/*
-	 * The controller has seen no thread in the old code for this instance.
-	 * A caller that passed the gate just before it closed and has not yet
-	 * reached the implementation is still inside an SRCU read section:
-	 * wait for it (it runs on the old state, which is still live).
+	 * The tripwire, armed before the export: a thread that enters the old
+	 * state from now on WARNs; one still inside refuses the export. The
+	 * full barrier pairs with the one in lsw_state_enter().
 	 */
-	synchronize_srcu(&inst->srcu);
-	ret = swap->from->ops->export_state(inst, inst->state, &blob);
+	WRITE_ONCE(old->exported, true);
+	/* Pairs with smp_mb__after_atomic() in lsw_state_enter(). */
+	smp_mb();
+	inside = atomic_read(&old->inside);
+	if (inside) {
+		WRITE_ONCE(old->exported, false);
+		reply(h, "transfer: %d thread(s) still inside %s for this instance: not quiescent\n",
+		      inside, swap->from->name);
+		return -EBUSY;
+	}
+	ret = swap->from->ops->export_state(inst, old, &blob);
 	if (ret) {
-		reply(h, "%s could not export its state: %d\n", swap->from->name, ret);
+		WRITE_ONCE(old->exported, false);
+		reply(h, "transfer: %s could not export its state: %d\n", swap->from->name, ret);
 		return ret;
 	}
-	WRITE_ONCE(inst->state->exported, true);
 	new_state = swap->to->ops->import_state(inst, &blob);
 	kvfree(blob.data);
 	if (IS_ERR(new_state)) {
-		WRITE_ONCE(inst->state->exported, false);
-		reply(h, "%s could not import state version %u: %ld\n",
+		WRITE_ONCE(old->exported, false);
+		reply(h, "transfer: %s could not import state version %u: %ld\n",
 		      swap->to->name, blob.version, PTR_ERR(new_state));
 		return PTR_ERR(new_state);
 	}
@@ -442,15 +754,17 @@ static int cmd_transfer(struct lsw_handle *h, struct lsw_swap *swap)
 	return 0;
 }
 
-static int cmd_commit(struct lsw_handle *h, struct lsw_swap *swap)
+/* Returns the old state for the caller to retire once swap_lock is dropped. */
+static struct lsw_state_hdr *cmd_commit(struct lsw_handle *h, struct lsw_swap *swap, int *err)
 {
 	struct lsw_instance *inst = swap->inst;
-	struct lsw_state_hdr *old_state = inst->state;
+	struct lsw_state_hdr *old = inst->state;
 	struct lsw_impl *from = swap->from;
 
 	if (swap->phase != LSW_TRANSFERRED) {
 		reply(h, "commit: swap is %s, not transferred\n", phase_names[swap->phase]);
-		return -EINVAL;
+		*err = -EINVAL;
+		return NULL;
 	}
 	inst->impl = swap->to;
 	inst->state = swap->new_state;
@@ -462,59 +776,148 @@ static int cmd_commit(struct lsw_handle *h, struct lsw_swap *swap)
 	reply(h, "ok committed blackout_us=%lld held=%lld\n", blackout_us(swap), held_calls(swap));
 	pr_info("%s: %s -> %s, blackout %lld us, %lld calls held\n", inst->name,
 		from->name, swap->to->name, blackout_us(swap), held_calls(swap));
-	swap_free(swap);
-	/* The old state was exported and nothing runs on it: free it. */
-	from->ops->destroy(inst, old_state);
-	module_put(from->owner);
-	return 0;
+	/* The instance now holds the reference on the new module. */
+	swap_free(swap, false);
+	if (from->ops->release)
+		from->ops->release(inst, old);
+	return old;
 }
+
+/* Keep a committed swap's old state until its implementation unregisters. */
+static void retire_state(struct lsw_impl *from, struct lsw_state_hdr *old)
+{
+	mutex_lock(&lsw_lock);
+	list_add_tail(&old->retired, &from->retired);
+	mutex_unlock(&lsw_lock);
+	module_put(from->owner);
+}
+
+static int cmd_abort(struct lsw_handle *h, struct lsw_instance *inst)
+{
+	struct lsw_swap *swap;
+	int ret = 0;
+
+	if (mutex_lock_killable(&inst->swap_lock))
+		return -EINTR;
+	swap = inst->swap;
+	if (!swap) {
+		if (inst->last_abort_owner == h->id) {
+			reply(h, "abort: the core already aborted this swap: %s\n", inst->last_abort);
+			ret = -ECANCELED;
+		} else {
+			reply(h, "abort: no swap in progress on instance %u\n", inst->id);
+			ret = -ENOENT;
+		}
+	} else {
+		reply(h, "ok aborted%s in phase %s, blackout_us=%lld held=%lld\n",
+		      swap->owner == h ? "" : " (forced: another controller's swap)",
+		      phase_names[swap->phase], blackout_us(swap), held_calls(swap));
+		swap_abort(swap, swap->owner == h ? "aborted by its controller" :
+			   "force-aborted from another handle");
+	}
+	mutex_unlock(&inst->swap_lock);
+	return ret;
+}
+
+/* quiesce, transfer, commit: one step of a swap this handle owns. */
+static int cmd_step(struct lsw_handle *h, struct lsw_instance *inst, const char *verb)
+{
+	struct lsw_state_hdr *retired = NULL;
+	struct lsw_impl *from = NULL;
+	struct lsw_swap *swap;
+	int ret = 0;
+
+	if (mutex_lock_killable(&inst->swap_lock))
+		return -EINTR;
+	swap = owned_swap(h, inst, verb, &ret);
+	if (swap) {
+		if (!strcmp(verb, "quiesce")) {
+			ret = cmd_quiesce(h, swap);
+		} else if (!strcmp(verb, "transfer")) {
+			ret = cmd_transfer(h, swap);
+		} else {
+			from = swap->from;
+			retired = cmd_commit(h, swap, &ret);
+		}
+	}
+	mutex_unlock(&inst->swap_lock);
+	if (retired)
+		retire_state(from, retired);
+	return ret;
+}
+
+/* Stores at most LSW_MAX_WORDS words; returns how many there are. */
+static int split_words(char *line, char **words)
+{
+	int n = 0;
+	char *word;
+
+	while ((word = strsep(&line, " \t")) != NULL) {
+		if (!*word)
+			continue;
+		if (n < LSW_MAX_WORDS)
+			words[n] = word;
+		n++;
+	}
+	return n;
+}
+
+struct lsw_verb {
+	const char *name;
+	int words;		/* including the verb */
+	const char *usage;
+};
+
+static const struct lsw_verb verbs[] = {
+	{ "list", 1, "list" },
+	{ "begin", 5, "begin ID FROM TO TIMEOUT_MS" },
+	{ "drain", 3, "drain ID TIMEOUT_MS" },
+	{ "quiesce", 2, "quiesce ID" },
+	{ "transfer", 2, "transfer ID" },
+	{ "commit", 2, "commit ID" },
+	{ "abort", 2, "abort ID" },
+};
 
 static int run_command(struct lsw_handle *h, char *line)
 {
-	char verb[16], impl[LSW_NAME_LEN];
+	const struct lsw_verb *verb = NULL;
+	char *words[LSW_MAX_WORDS];
 	struct lsw_instance *inst;
-	struct lsw_swap *swap;
-	unsigned int id;
-	int n;
+	unsigned int timeout_ms;
+	int i, n, ret;
 
-	if (sysfs_streq(line, "list"))
-		return cmd_list(h);
-	n = sscanf(line, "%15s %u %31s", verb, &id, impl);
-	if (n < 2) {
-		reply(h, "unknown command: %s\n", line);
+	n = split_words(line, words);
+	if (n > 0) {
+		for (i = 0; i < ARRAY_SIZE(verbs); i++)
+			if (!strcmp(words[0], verbs[i].name))
+				verb = &verbs[i];
+	}
+	if (!verb) {
+		reply(h, "unknown command %s: list, begin, drain, quiesce, transfer, commit or abort\n",
+		      n > 0 ? words[0] : "(empty)");
 		return -EINVAL;
 	}
-	inst = find_instance(id);
-	if (!inst) {
-		reply(h, "no instance %u\n", id);
-		return -ENOENT;
+	if (n != verb->words) {
+		reply(h, "usage: %s\n", verb->usage);
+		return -EINVAL;
 	}
-	if (!strcmp(verb, "begin")) {
-		if (n != 3) {
-			reply(h, "begin: usage: begin ID IMPL\n");
-			return -EINVAL;
-		}
-		return cmd_begin(h, inst, impl);
-	}
-	swap = inst->swap;
-	if (!swap || swap->owner != h) {
-		reply(h, "%s: instance %u has no swap begun on this handle\n", verb, id);
-		return -ENOENT;
-	}
-	if (!strcmp(verb, "quiesce"))
-		return cmd_quiesce(h, swap);
-	if (!strcmp(verb, "transfer"))
-		return cmd_transfer(h, swap);
-	if (!strcmp(verb, "commit"))
-		return cmd_commit(h, swap);
-	if (!strcmp(verb, "abort")) {
-		reply(h, "ok aborted in phase %s, blackout_us=%lld held=%lld\n",
-		      phase_names[swap->phase], blackout_us(swap), held_calls(swap));
-		swap_abort(swap);
-		return 0;
-	}
-	reply(h, "unknown command: %s\n", verb);
-	return -EINVAL;
+	if (verb == &verbs[0])
+		return cmd_list(h);
+	if (n > 2 && parse_timeout(h, words[n - 1], &timeout_ms))
+		return -EINVAL;
+	inst = get_instance(h, words[1]);
+	if (IS_ERR(inst))
+		return PTR_ERR(inst);
+	if (!strcmp(verb->name, "begin"))
+		ret = cmd_begin(h, inst, words[2], words[3], timeout_ms);
+	else if (!strcmp(verb->name, "drain"))
+		ret = cmd_drain(h, inst, timeout_ms);
+	else if (!strcmp(verb->name, "abort"))
+		ret = cmd_abort(h, inst);
+	else
+		ret = cmd_step(h, inst, verb->name);
+	instance_put(inst);
+	return ret;
 }
 
 static int lsw_open(struct inode *inode, struct file *file)
@@ -526,11 +929,15 @@ static int lsw_open(struct inode *inode, struct file *file)
 	h = kzalloc(sizeof(*h), GFP_KERNEL);
 	if (!h)
 		return -ENOMEM;
-	h->reply = kvzalloc(LSW_REPLY_MAX, GFP_KERNEL);
+	h->reply_cap = PAGE_SIZE;
+	h->reply = kvzalloc(h->reply_cap, GFP_KERNEL);
 	if (!h->reply) {
 		kfree(h);
 		return -ENOMEM;
 	}
+	h->id = atomic64_inc_return(&lsw_handle_ids);
+	mutex_init(&h->lock);
+	spin_lock_init(&h->swaps_lock);
 	INIT_LIST_HEAD(&h->swaps);
 	file->private_data = h;
 	return nonseekable_open(inode, file);
@@ -539,14 +946,24 @@ static int lsw_open(struct inode *inode, struct file *file)
 static int lsw_release(struct inode *inode, struct file *file)
 {
 	struct lsw_handle *h = file->private_data;
-	struct lsw_swap *swap, *tmp;
+	struct lsw_instance *inst;
+	struct lsw_swap *swap;
 
-	mutex_lock(&lsw_lock);
-	list_for_each_entry_safe(swap, tmp, &h->swaps, node) {
-		pr_warn("%s: controller went away mid-swap, aborting\n", swap->inst->name);
-		swap_abort(swap);
+	for (;;) {
+		spin_lock(&h->swaps_lock);
+		swap = list_first_entry_or_null(&h->swaps, struct lsw_swap, node);
+		inst = swap ? swap->inst : NULL;
+		if (inst)
+			kref_get(&inst->ref);
+		spin_unlock(&h->swaps_lock);
+		if (!inst)
+			break;
+		mutex_lock(&inst->swap_lock);
+		if (inst->swap && inst->swap->owner == h)
+			swap_abort(inst->swap, "the controller closed /dev/lsw (it exited or was killed)");
+		mutex_unlock(&inst->swap_lock);
+		instance_put(inst);
 	}
-	mutex_unlock(&lsw_lock);
 	kvfree(h->reply);
 	kfree(h);
 	return 0;
@@ -555,41 +972,49 @@ static int lsw_release(struct inode *inode, struct file *file)
 static ssize_t lsw_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
 {
 	struct lsw_handle *h = file->private_data;
-	char line[96];
+	char line[LSW_CMD_MAX];
+	unsigned int noio;
 	int ret;
 
-	if (len >= sizeof(line))
+	if (!len || len >= sizeof(line))
 		return -EINVAL;
 	if (copy_from_user(line, ubuf, len))
 		return -EFAULT;
 	line[len] = '\0';
-	strim(line);
 
-	mutex_lock(&lsw_lock);
+	if (mutex_lock_killable(&h->lock))
+		return -EINTR;
 	h->reply_len = 0;
+	h->reply_pos = 0;
+	h->reply_failed = false;
 	h->reply[0] = '\0';
-	ret = run_command(h, line);
-	h->reply_pending = true;
-	mutex_unlock(&lsw_lock);
+	/* Nothing a command allocates may write back through a gated device. */
+	noio = memalloc_noio_save();
+	ret = run_command(h, strim(line));
+	memalloc_noio_restore(noio);
+	if (!ret && h->reply_failed)
+		ret = -ENOMEM;
+	mutex_unlock(&h->lock);
 	return ret ? ret : len;
 }
 
-/* The whole reply to the last command, once. */
+/* The reply to the last command, in as many reads as it takes; then 0. */
 static ssize_t lsw_read(struct file *file, char __user *ubuf, size_t len, loff_t *ppos)
 {
 	struct lsw_handle *h = file->private_data;
+	size_t n;
 	ssize_t ret;
 
-	mutex_lock(&lsw_lock);
-	if (!h->reply_pending) {
-		ret = 0;
-	} else if (len < h->reply_len) {
-		ret = -EINVAL;
+	if (mutex_lock_killable(&h->lock))
+		return -EINTR;
+	n = min(len, h->reply_len - h->reply_pos);
+	if (copy_to_user(ubuf, h->reply + h->reply_pos, n)) {
+		ret = -EFAULT;
 	} else {
-		ret = copy_to_user(ubuf, h->reply, h->reply_len) ? -EFAULT : h->reply_len;
-		h->reply_pending = false;
+		h->reply_pos += n;
+		ret = n;
 	}
-	mutex_unlock(&lsw_lock);
+	mutex_unlock(&h->lock);
 	return ret;
 }
 

@@ -13,11 +13,14 @@
  *   echo "park indirect 2" > /sys/kernel/debug/lsw_fixture/control
  *   echo "park work 2"     > /sys/kernel/debug/lsw_fixture/control
  *   echo "park crowd 300"  > /sys/kernel/debug/lsw_fixture/control
+ *   echo "park spin 1"     > /sys/kernel/debug/lsw_fixture/control
  *   echo release           > /sys/kernel/debug/lsw_fixture/control
  *   echo "bench 2 1000"    > /sys/kernel/debug/lsw_fixture/control
  *   cat /sys/kernel/debug/lsw_fixture/status
  *
- * "park" returns once every new thread is inside its function; "release"
+ * A "spin" thread busy-waits on its CPU for spin_ms inside its function
+ * (its kernel stack cannot be read meanwhile), then waits there like the
+ * others. "park" returns once every new thread is inside its function; "release"
  * returns once every parked thread has left the module. "bench N MS" calls
  * an empty exported function in a tight loop from N kthreads for MS
  * milliseconds and reports the number of calls in "status".
@@ -55,13 +58,18 @@ MODULE_PARM_DESC(park_crowd, "threads parked in lsw_fixture_hold_crowd() at init
 #define FIXTURE_MAX_PARKED 4096
 #define FIXTURE_MAX_WORK 256	/* the workqueue's max_active */
 
-enum fixture_kind { KIND_EXPORTED, KIND_INDIRECT, KIND_CROWD, KIND_WORK };
+static unsigned int spin_ms = 1500;
+module_param(spin_ms, uint, 0644);
+MODULE_PARM_DESC(spin_ms, "how long a \"spin\" thread stays on its CPU before it sleeps");
+
+enum fixture_kind { KIND_EXPORTED, KIND_INDIRECT, KIND_CROWD, KIND_WORK, KIND_SPIN };
 
 static const char * const kind_names[] = {
 	[KIND_EXPORTED] = "exported",
 	[KIND_INDIRECT] = "indirect",
 	[KIND_CROWD] = "crowd",
 	[KIND_WORK] = "work",
+	[KIND_SPIN] = "spin",
 };
 
 /* A parked thread leaves once release_gen differs from the value it saw. */
@@ -129,6 +137,23 @@ static noinline int fixture_hold_indirect(unsigned long gen)
 	return 0;
 }
 
+/*
+ * On its CPU the whole time at first, as a thread computing inside a driver
+ * would be: /proc/PID/stack is empty for it until it sleeps.
+ */
+static noinline int fixture_hold_spinning(unsigned long gen)
+{
+	unsigned long end = jiffies + msecs_to_jiffies(READ_ONCE(spin_ms));
+
+	atomic_inc(&parked);
+	wake_up_all(&parked_wq);
+	while (time_before(jiffies, end))
+		cpu_relax();
+	wait_event(release_wq, READ_ONCE(release_gen) != gen);
+	atomic_dec(&parked);
+	return 0;
+}
+
 struct fixture_ops {
 	int (*hold)(unsigned long gen);
 };
@@ -170,6 +195,9 @@ static int fixture_thread_fn(void *data)
 		break;
 	case KIND_INDIRECT:
 		ret = READ_ONCE(fixture_ops_ptr)->hold(pt->gen);
+		break;
+	case KIND_SPIN:
+		ret = fixture_hold_spinning(pt->gen);
 		break;
 	default:
 		ret = -EINVAL;

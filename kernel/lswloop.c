@@ -152,6 +152,8 @@ free:
 
 static void lswloop_remove(struct lswloop_device *dev)
 {
+	/* No request may wait at a closed gate while the disk drains. */
+	lsw_instance_retire(dev->inst);
 	del_gendisk(dev->disk);
 	put_disk(dev->disk);
 	lsw_instance_destroy(dev->inst);
@@ -193,6 +195,10 @@ static ssize_t remove_store(struct kobject *kobj, struct kobj_attribute *attr,
 	return count;
 }
 
+/*
+ * World-readable, so it never waits: a device whose gate is closed for a
+ * swap shows "swapping" instead of its state.
+ */
 static ssize_t devices_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
 {
 	struct lswloop_device *dev;
@@ -201,7 +207,11 @@ static ssize_t devices_show(struct kobject *kobj, struct kobj_attribute *attr, c
 
 	mutex_lock(&devices_lock);
 	list_for_each_entry(dev, &devices, node) {
-		lsw_enter(dev->inst, &call);
+		if (!lsw_try_enter(dev->inst, &call)) {
+			len += sysfs_emit_at(buf, len, "%s id=%u swapping\n",
+					     dev->disk->disk_name, dev->inst->id);
+			continue;
+		}
 		len += sysfs_emit_at(buf, len, "%s id=%u impl=%s ", dev->disk->disk_name,
 				     dev->inst->id, call.impl->name);
 		len += lsw_call_ops(&call, struct lswloop_ops)->show(dev->inst, call.state,

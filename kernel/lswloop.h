@@ -15,6 +15,7 @@
 #include <linux/blk-mq.h>
 #include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/sched/mm.h>
 
 #include "lsw_core.h"
 
@@ -72,25 +73,41 @@ struct lswloop_state_v2 {
 
 /*
  * Shared by both implementations: open a new device's backing file and
- * report its usable size (whole sectors); an empty file is refused.
+ * report its usable size (whole sectors). Only a non-empty regular file is
+ * accepted: a block device (an lswloop one included) is refused, so a
+ * device can never be backed by itself or by a device stacked on it.
  */
-static inline struct file *lswloop_open_backing(const char *path, loff_t *size)
+static __always_inline struct file *lswloop_open_backing(const char *path, loff_t *size)
 {
 	struct file *file = filp_open(path, O_RDWR | O_LARGEFILE, 0);
 
 	if (IS_ERR(file))
 		return file;
+	if (!S_ISREG(file_inode(file)->i_mode)) {
+		pr_warn("%s: not a regular file\n", path);
+		fput(file);
+		return ERR_PTR(-EINVAL);
+	}
 	*size = round_down(i_size_read(file_inode(file)), SECTOR_SIZE);
 	if (!*size) {
+		pr_warn("%s: empty (the device size is the file's size)\n", path);
 		fput(file);
 		return ERR_PTR(-EINVAL);
 	}
 	return file;
 }
 
-/* Shared by both implementations: one bvec-at-a-time file I/O. */
-static inline blk_status_t lswloop_file_rw(struct file *file, struct request *rq, loff_t pos)
+/*
+ * Shared by both implementations: one bvec-at-a-time file I/O. Always
+ * inlined: an out-of-line copy of a static inline function is notrace, and
+ * loopswap refuses to swap a module with code its probes cannot see. Allocations
+ * under it must not write back through this device (as the loop driver's
+ * workers, it runs with memalloc_noio).
+ */
+static __always_inline blk_status_t lswloop_file_rw(struct file *file, struct request *rq, loff_t pos)
 {
+	unsigned int noio = memalloc_noio_save();
+	blk_status_t status = BLK_STS_OK;
 	struct req_iterator iter;
 	struct bio_vec bvec;
 	struct iov_iter i;
@@ -110,12 +127,15 @@ static inline blk_status_t lswloop_file_rw(struct file *file, struct request *rq
 				pos += bvec.bv_len - done;
 				continue;
 			}
-			return BLK_STS_IOERR;
+			status = BLK_STS_IOERR;
+			goto out;
 		}
 	}
 	if (write && (rq->cmd_flags & REQ_FUA) && vfs_fsync(file, 1))
-		return BLK_STS_IOERR;
-	return BLK_STS_OK;
+		status = BLK_STS_IOERR;
+out:
+	memalloc_noio_restore(noio);
+	return status;
 }
 
 #endif /* _LSWLOOP_H */

@@ -47,7 +47,7 @@ blk_status_t lswloop_v1_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr
 	struct lswloop_v1 *s = to_v1(hdr);
 	blk_status_t status;
 
-	lsw_tripwire(hdr);
+	lsw_state_enter(hdr);
 	blk_mq_start_request(rq);
 	if (READ_ONCE(stall_ms))
 		msleep(READ_ONCE(stall_ms));
@@ -66,6 +66,7 @@ blk_status_t lswloop_v1_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr
 	default:
 		status = BLK_STS_NOTSUPP;
 	}
+	lsw_state_exit(hdr);
 	blk_mq_end_request(rq, status);
 	return BLK_STS_OK;
 }
@@ -73,19 +74,26 @@ EXPORT_SYMBOL_GPL(lswloop_v1_queue_rq);
 
 loff_t lswloop_v1_size(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
 {
-	lsw_tripwire(hdr);
-	return to_v1(hdr)->size;
+	loff_t size;
+
+	lsw_state_enter(hdr);
+	size = to_v1(hdr)->size;
+	lsw_state_exit(hdr);
+	return size;
 }
 EXPORT_SYMBOL_GPL(lswloop_v1_size);
 
 int lswloop_v1_show(struct lsw_instance *inst, struct lsw_state_hdr *hdr, char *buf, size_t len)
 {
 	struct lswloop_v1 *s = to_v1(hdr);
+	int n;
 
-	lsw_tripwire(hdr);
-	return scnprintf(buf, len, "backing=%pD size=%lld offset=%lld flags=%u reads=%lld writes=%lld",
-			 s->backing, s->size, s->offset, s->flags,
-			 atomic64_read(&s->reads), atomic64_read(&s->writes));
+	lsw_state_enter(hdr);
+	n = scnprintf(buf, len, "backing=%pD size=%lld offset=%lld flags=%u reads=%lld writes=%lld",
+		      s->backing, s->size, s->offset, s->flags,
+		      atomic64_read(&s->reads), atomic64_read(&s->writes));
+	lsw_state_exit(hdr);
+	return n;
 }
 EXPORT_SYMBOL_GPL(lswloop_v1_show);
 
@@ -105,11 +113,21 @@ static struct lsw_state_hdr *v1_create(struct lsw_instance *inst, const char *pa
 	return &s->hdr;
 }
 
-static void v1_destroy(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
+/* After commit: the new state holds its own reference on the file. */
+static void v1_release(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
 {
 	struct lswloop_v1 *s = to_v1(hdr);
 
 	fput(s->backing);
+	s->backing = NULL;
+}
+
+static void v1_destroy(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
+{
+	struct lswloop_v1 *s = to_v1(hdr);
+
+	if (s->backing)
+		fput(s->backing);
 	kfree(s);
 }
 
@@ -177,6 +195,7 @@ static struct lsw_state_hdr *v1_import(struct lsw_instance *inst, const struct l
 static const struct lsw_impl_ops v1_ops = {
 	.create = v1_create,
 	.destroy = v1_destroy,
+	.release = v1_release,
 	.export_state = v1_export,
 	.can_import = v1_can_import,
 	.import_state = v1_import,

@@ -21,6 +21,11 @@
 
 #define SAMPLE_INTERVAL (HZ / 10)
 
+static bool leak_sampler;
+module_param(leak_sampler, bool, 0644);
+MODULE_PARM_DESC(leak_sampler,
+		 "test knob: a broken quiesce that leaves the sampler running, every jiffy");
+
 struct lswloop_v2 {
 	struct lsw_state_hdr hdr;
 	struct file *backing;
@@ -69,7 +74,7 @@ blk_status_t lswloop_v2_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr
 	blk_status_t status;
 	loff_t pos;
 
-	lsw_tripwire(hdr);
+	lsw_state_enter(hdr);
 	blk_mq_start_request(rq);
 	switch (req_op(rq)) {
 	case REQ_OP_READ:
@@ -98,6 +103,7 @@ blk_status_t lswloop_v2_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr
 	}
 	if (status != BLK_STS_OK)
 		atomic64_inc(&s->errors);
+	lsw_state_exit(hdr);
 	blk_mq_end_request(rq, status);
 	return BLK_STS_OK;
 }
@@ -109,9 +115,10 @@ loff_t lswloop_v2_size(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
 	loff_t sectors = 0;
 	u32 i;
 
-	lsw_tripwire(hdr);
+	lsw_state_enter(hdr);
 	for (i = 0; i < s->nr_extents; i++)
 		sectors = max_t(loff_t, sectors, s->extents[i].start + s->extents[i].sectors);
+	lsw_state_exit(hdr);
 	return sectors << SECTOR_SHIFT;
 }
 EXPORT_SYMBOL_GPL(lswloop_v2_size);
@@ -119,28 +126,33 @@ EXPORT_SYMBOL_GPL(lswloop_v2_size);
 int lswloop_v2_show(struct lsw_instance *inst, struct lsw_state_hdr *hdr, char *buf, size_t len)
 {
 	struct lswloop_v2 *s = to_v2(hdr);
+	int n;
 
-	lsw_tripwire(hdr);
-	return scnprintf(buf, len,
+	lsw_state_enter(hdr);
+	n = scnprintf(buf, len,
 			 "backing=%pD size=%lld extents=%u flags=%u reads=%lld writes=%lld read_bytes=%lld write_bytes=%lld flushes=%lld errors=%lld bytes_per_sec=%llu",
 			 s->backing, lswloop_v2_size(inst, hdr), s->nr_extents, s->flags,
 			 atomic64_read(&s->read_reqs), atomic64_read(&s->write_reqs),
 			 atomic64_read(&s->read_bytes), atomic64_read(&s->write_bytes),
 			 atomic64_read(&s->flushes), atomic64_read(&s->errors),
 			 READ_ONCE(s->bytes_per_sec));
+	lsw_state_exit(hdr);
+	return n;
 }
 EXPORT_SYMBOL_GPL(lswloop_v2_show);
 
 static void v2_sample(struct timer_list *t)
 {
 	struct lswloop_v2 *s = from_timer(s, t, sampler);
+	unsigned long interval = READ_ONCE(leak_sampler) ? 1 : SAMPLE_INTERVAL;
 	u64 bytes;
 
-	lsw_tripwire(&s->hdr);
+	lsw_state_enter(&s->hdr);
 	bytes = atomic64_read(&s->read_bytes) + atomic64_read(&s->write_bytes);
-	WRITE_ONCE(s->bytes_per_sec, (bytes - s->sampled_bytes) * HZ / SAMPLE_INTERVAL);
+	WRITE_ONCE(s->bytes_per_sec, (bytes - s->sampled_bytes) * HZ / interval);
 	s->sampled_bytes = bytes;
-	mod_timer(&s->sampler, jiffies + SAMPLE_INTERVAL);
+	mod_timer(&s->sampler, jiffies + interval);
+	lsw_state_exit(&s->hdr);
 }
 
 static struct lswloop_v2 *v2_alloc(void)
@@ -172,18 +184,30 @@ static struct lsw_state_hdr *v2_create(struct lsw_instance *inst, const char *pa
 	return &s->hdr;
 }
 
-static void v2_destroy(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
+/* After commit: the new state holds its own reference on the file. */
+static void v2_release(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
 {
 	struct lswloop_v2 *s = to_v2(hdr);
 
 	timer_shutdown_sync(&s->sampler);
 	fput(s->backing);
+	s->backing = NULL;
+}
+
+static void v2_destroy(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
+{
+	struct lswloop_v2 *s = to_v2(hdr);
+
+	timer_shutdown_sync(&s->sampler);
+	if (s->backing)
+		fput(s->backing);
 	kfree(s);
 }
 
 static void v2_quiesce(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
 {
-	timer_delete_sync(&to_v2(hdr)->sampler);
+	if (!READ_ONCE(leak_sampler))
+		timer_delete_sync(&to_v2(hdr)->sampler);
 }
 
 static void v2_resume(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
@@ -266,6 +290,7 @@ static struct lsw_state_hdr *v2_import(struct lsw_instance *inst, const struct l
 static const struct lsw_impl_ops v2_ops = {
 	.create = v2_create,
 	.destroy = v2_destroy,
+	.release = v2_release,
 	.quiesce = v2_quiesce,
 	.resume = v2_resume,
 	.export_state = v2_export,

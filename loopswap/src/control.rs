@@ -121,10 +121,11 @@ impl Control {
         }
     }
 
+    /// The whole reply: the core hands it out in as many reads as it takes.
     fn read_reply(&mut self) -> String {
-        let mut buf = vec![0u8; 16 * 1024];
-        let len = self.file.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..len]).trim_end().to_owned()
+        let mut reply = Vec::new();
+        let _ = self.file.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
 
     /// Runs one command; a refusal carries the core's reason.
@@ -145,8 +146,17 @@ impl Control {
         }
     }
 
+    /// Everything the core knows; the reply ends with `end`, so a cut
+    /// listing is an error, never a shorter list.
     pub fn list(&mut self) -> Result<CoreState, Error> {
-        Ok(parse_list(&self.command("list")?))
+        let reply = self.command("list")?;
+        if reply.lines().last() != Some("end") {
+            return Err(Error::Core {
+                command: "list".into(),
+                reason: "the reply is incomplete (no `end` line)".into(),
+            });
+        }
+        Ok(parse_list(&reply))
     }
 }
 

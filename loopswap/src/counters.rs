@@ -18,7 +18,8 @@ use aya::{
     programs::KProbe,
 };
 use loopswap_common::{
-    FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTIONS, NO_INSTANCE, event,
+    FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTIONS, MIXED_INSTANCES,
+    NO_INSTANCE, event,
 };
 
 use crate::{
@@ -26,7 +27,7 @@ use crate::{
     kallsyms::{self, Function, Scope},
     module,
     snapshot::{FunctionCount, Snapshot},
-    stacks::{self, TaskId},
+    stacks::{self, Stack, TaskId},
     tracefs::{self, AttachedProbe, ProbeKind},
 };
 
@@ -59,9 +60,12 @@ pub struct ModuleWatch {
     probes: Vec<AttachedProbe>,
     module: String,
     functions: Vec<Function>,
-    /// Functions kprobes refuse (notrace, e.g. `__exit`): not counted.
-    unprobed: Vec<String>,
+    /// Functions the kernel refused a probe on: not counted.
+    unprobed: Vec<Function>,
+    /// Function name (any alias) → the first function index with it.
     index_by_name: HashMap<String, u32>,
+    /// Per function index: the index its stack frames are counted under.
+    representative: Vec<u32>,
     inflight: BpfHashMap<MapData, InflightKey, InflightValue>,
     left: Option<aya::maps::RingBuf<MapData>>,
     calls: PerCpuArray<MapData, u64>,
@@ -70,10 +74,20 @@ pub struct ModuleWatch {
     /// Frames per function of threads that were inside before attach and
     /// have not left yet.
     seeded: BTreeMap<TaskId, BTreeMap<u32, u64>>,
+    /// Tasks whose kernel stack has not been readable since attach (they
+    /// were on a CPU at every read): what they hold is unknown.
+    unresolved: BTreeSet<TaskId>,
     ebpf: Ebpf,
 }
 
 const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
+
+/// Frames on a stack that the probes have not seen enter.
+enum Untracked {
+    Gone,
+    Unknown,
+    Frames(BTreeMap<u32, u64>),
+}
 
 impl ModuleWatch {
     /// Checks the module, attaches return probes then entry probes to its
@@ -90,11 +104,7 @@ impl ModuleWatch {
             cause,
         })?;
         let tracefs = tracefs::root()?;
-        let traceable = tracefs::traceable_functions(&tracefs, &module)?;
-        let (functions, unprobed): (Vec<Function>, Vec<Function>) =
-            kallsyms::module_functions(&kallsyms, &module, options.scope)
-                .into_iter()
-                .partition(|function| function.names.iter().any(|name| traceable.contains(name)));
+        let functions = kallsyms::module_functions(&kallsyms, &module, options.scope);
         if functions.is_empty() {
             let (what, hint) = match options.scope {
                 Scope::AllText => ("text", ""),
@@ -145,25 +155,29 @@ impl ModuleWatch {
             left: Some(aya::maps::RingBuf::try_from(take_map(&mut ebpf, "LEFT")?)?),
             calls: PerCpuArray::try_from(take_map(&mut ebpf, "CALLS")?)?,
             events: PerCpuArray::try_from(take_map(&mut ebpf, "EVENTS")?)?,
-            index_by_name: functions
-                .iter()
-                .enumerate()
-                .flat_map(|(index, f)| f.names.iter().map(move |name| (name.clone(), index as u32)))
-                .collect(),
+            representative: Vec::new(),
+            index_by_name: HashMap::new(),
             module,
             functions,
-            unprobed: unprobed.into_iter().map(|function| function.name).collect(),
+            unprobed: Vec::new(),
             tracefs,
             seeded: BTreeMap::new(),
+            unresolved: BTreeSet::new(),
             ebpf,
         };
-        // Returns first: a thread entering between the two attaches then
-        // has a return but no entry (ignored, and found on its stack below),
-        // never an entry without a return (which would stick above zero).
-        watch.attach_all(ProbeKind::Return {
-            max_active: options.max_active,
-        })?;
-        watch.attach_all(ProbeKind::Entry)?;
+        // Stacks show names only: functions sharing a name (static helpers
+        // of different files) are one group there, under its first index.
+        for (index, function) in watch.functions.iter().enumerate() {
+            for name in &function.names {
+                watch.index_by_name.entry(name.clone()).or_insert(index as u32);
+            }
+        }
+        watch.representative = watch
+            .functions
+            .iter()
+            .map(|function| watch.index_by_name[&function.name])
+            .collect();
+        watch.attach_all(options.max_active)?;
         watch.seed()?;
         Ok(watch)
     }
@@ -181,32 +195,61 @@ impl ModuleWatch {
         Ok(program.fd()?.as_fd())
     }
 
-    fn attach_all(&mut self, kind: ProbeKind) -> Result<(), Error> {
-        let tag = match kind {
-            ProbeKind::Entry => 'e',
-            ProbeKind::Return { .. } => 'r',
-        };
+    /// A return probe then an entry probe on every function. Returns first:
+    /// a thread entering between the two has a return but no entry
+    /// (ignored, and found on its stack when seeding), never an entry
+    /// without a return (which would stick above zero). A function the
+    /// kernel refuses to probe is listed in `unprobed`, never dropped.
+    fn attach_all(&mut self, max_active: u32) -> Result<(), Error> {
         let pid = std::process::id();
-        let mut attached = Vec::with_capacity(self.functions.len());
+        let mut attached = Vec::with_capacity(2 * self.functions.len());
+        let mut unprobed = Vec::new();
+        let mut probed = vec![false; self.functions.len()];
         {
-            let program = self.program_fd(kind)?;
+            let returns = self.program_fd(ProbeKind::Return { max_active })?;
+            let entries = self.program_fd(ProbeKind::Entry)?;
             for (index, function) in self.functions.iter().enumerate() {
-                let event = format!("lsw{pid}_{tag}{index}");
-                attached.push(AttachedProbe::attach(
+                let target = (self.module.as_str(), function.name.as_str(), function.address);
+                let pair = AttachedProbe::attach(
                     &self.tracefs,
-                    &event,
-                    kind,
-                    &self.module,
-                    &function.name,
-                    program,
-                )?);
+                    &format!("lsw{pid}_r{index}"),
+                    ProbeKind::Return { max_active },
+                    target,
+                    returns,
+                )
+                .and_then(|ret| {
+                    let entry = AttachedProbe::attach(
+                        &self.tracefs,
+                        &format!("lsw{pid}_e{index}"),
+                        ProbeKind::Entry,
+                        target,
+                        entries,
+                    )?;
+                    Ok([ret, entry])
+                });
+                match pair {
+                    Ok(pair) => {
+                        attached.extend(pair);
+                        probed[index] = true;
+                    }
+                    Err(Error::Probe { .. }) => unprobed.push(function.clone()),
+                    Err(err) => return Err(err),
+                }
             }
         }
         self.probes.extend(attached);
+        self.unprobed = unprobed;
+        if !probed.iter().any(|probed| *probed) {
+            return Err(Error::NoFunctions {
+                module: self.module.clone(),
+                what: "probeable",
+                hint: "",
+            });
+        }
         Ok(())
     }
 
-    /// Frames of each function on a stack, by function index.
+    /// Frames of each function on a stack, by representative index.
     fn count_frames(&self, frames: &[stacks::Frame]) -> BTreeMap<u32, u64> {
         let mut counts = BTreeMap::new();
         for frame in frames {
@@ -217,37 +260,40 @@ impl ModuleWatch {
         counts
     }
 
+    /// Frames the probes track for `tid`, by representative index (as
+    /// stacks show them).
     fn tracked(&self, tid: i32, funcs: impl Iterator<Item = u32>) -> BTreeMap<u32, u64> {
-        funcs
-            .map(|func| {
-                let key = InflightKey {
-                    tid: tid as u32,
-                    func,
-                };
-                (
-                    func,
-                    self.inflight
-                        .get(&key, 0)
-                        .map_or(0, |value| u64::from(value.depth)),
-                )
-            })
-            .collect()
+        let mut tracked = BTreeMap::new();
+        for func in funcs {
+            let key = InflightKey {
+                tid: tid as u32,
+                func,
+            };
+            let depth = self
+                .inflight
+                .get(&key, 0)
+                .map_or(0, |value| u64::from(value.depth));
+            *tracked.entry(self.representative[func as usize]).or_default() += depth;
+        }
+        tracked
     }
 
     /// Frames on `task`'s stack that the probes have not seen enter, read
-    /// so that no probe event happens in between (else retried); `None` if
-    /// the task is gone.
-    fn untracked_frames(&self, (pid, tid): TaskId) -> Option<BTreeMap<u32, u64>> {
+    /// so that no probe event of that thread happens in between. `Unknown`
+    /// when the stack cannot be read or the thread never held still.
+    fn untracked_frames(&self, (pid, tid): TaskId) -> Untracked {
         let all = || 0..self.functions.len() as u32;
-        let mut attempts = 0;
-        loop {
+        for _ in 0..10 {
             let before = self.tracked(tid, all());
-            let frames = stacks::read(pid, tid)?;
+            let frames = match stacks::read(pid, tid) {
+                Stack::Gone => return Untracked::Gone,
+                Stack::Unknown => return Untracked::Unknown,
+                Stack::Frames(frames) => frames,
+            };
             let after = self.tracked(tid, all());
-            attempts += 1;
-            if before == after || attempts == 10 {
+            if before == after {
                 let stack = self.count_frames(&frames);
-                return Some(
+                return Untracked::Frames(
                     stack
                         .into_iter()
                         .map(|(func, n)| (func, n.saturating_sub(after.get(&func).copied().unwrap_or(0))))
@@ -256,26 +302,53 @@ impl ModuleWatch {
                 );
             }
         }
+        Untracked::Unknown
     }
 
+    /// Threads inside before attach: probes never see them enter, so their
+    /// frames come from their stacks. A stack that cannot be read yet is
+    /// `unresolved` until it can.
     fn seed(&mut self) -> Result<(), Error> {
-        for task in stacks::tasks_in_module(&self.module)?.into_keys() {
-            if let Some(untracked) = self.untracked_frames(task)
-                && !untracked.is_empty()
-            {
-                self.seeded.insert(task, untracked);
-            }
+        let (inside, unknown) = stacks::scan_module(&self.module)?;
+        self.unresolved.extend(unknown);
+        for task in inside.into_keys() {
+            self.resolve(task);
         }
         Ok(())
     }
 
+    /// Reads `task`'s stack once more; what it holds untracked is seeded.
+    /// Frames still on it were there at attach or were entered later (and
+    /// are then tracked and subtracted), so one good read bounds the seed.
+    fn resolve(&mut self, task: TaskId) {
+        match self.untracked_frames(task) {
+            Untracked::Gone => {
+                self.unresolved.remove(&task);
+            }
+            Untracked::Unknown => {
+                self.unresolved.insert(task);
+            }
+            Untracked::Frames(frames) => {
+                self.unresolved.remove(&task);
+                if !frames.is_empty() {
+                    self.seeded.insert(task, frames);
+                }
+            }
+        }
+    }
+
     /// Follows the seeded threads: a seeded frame can only leave, never
     /// come back (new entries are counted by the probes), so the count is
-    /// the minimum of what was seen and what is on the stack now.
+    /// the minimum of what was seen and what is on the stack now; a stack
+    /// that cannot be read now changes nothing. Retries unresolved tasks.
     fn refresh_seeded(&mut self) {
         let tasks: Vec<TaskId> = self.seeded.keys().copied().collect();
         for task in tasks {
-            let now = self.untracked_frames(task).unwrap_or_default();
+            let now = match self.untracked_frames(task) {
+                Untracked::Unknown => continue,
+                Untracked::Gone => BTreeMap::new(),
+                Untracked::Frames(frames) => frames,
+            };
             let counts = self.seeded.get_mut(&task).expect("key from the map");
             counts.retain(|func, count| {
                 *count = (*count).min(now.get(func).copied().unwrap_or(0));
@@ -285,6 +358,58 @@ impl ModuleWatch {
                 self.seeded.remove(&task);
             }
         }
+        let unresolved: Vec<TaskId> = self.unresolved.iter().copied().collect();
+        for task in unresolved {
+            self.resolve(task);
+        }
+    }
+
+    /// Retries unreadable stacks until every task is accounted for or
+    /// `within` has passed (a thread on a CPU is read once it sleeps or is
+    /// preempted); what is left stays `unknown` in snapshots.
+    pub fn settle(&mut self, within: std::time::Duration) {
+        let until = std::time::Instant::now() + within;
+        while !self.unresolved.is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.refresh_seeded();
+        }
+    }
+
+    /// Tasks whose stacks have not been readable since attach: until they
+    /// are, nobody knows whether they are inside the module.
+    pub fn unresolved_tasks(&self) -> Vec<i32> {
+        self.unresolved.iter().map(|(_, tid)| *tid).collect()
+    }
+
+    /// The independent check: on every kernel stack that can be read, each
+    /// function of the module has no more frames than the counters hold for
+    /// that thread (probe-tracked plus seeded). A thread whose stack shows
+    /// frames the counters do not know vetoes quiescence.
+    pub fn confirmed_by_stacks(&self) -> Result<bool, Error> {
+        let (inside, _running) = stacks::scan_module(&self.module)?;
+        for task in inside.into_keys() {
+            let untracked = match self.untracked_frames(task) {
+                Untracked::Gone => continue,
+                Untracked::Unknown => return Ok(false),
+                Untracked::Frames(frames) => frames,
+            };
+            let seeded = self.seeded.get(&task);
+            let known = |func: &u32| seeded.and_then(|counts| counts.get(func)).copied().unwrap_or(0);
+            if untracked.iter().any(|(func, frames)| *frames > known(func)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Functions that could run unseen: probes refused, and not the
+    /// module's exit function (which runs only while it unloads).
+    pub fn blind_functions(&self) -> Vec<String> {
+        self.unprobed
+            .iter()
+            .filter(|function| !function.names.iter().any(|name| name == "cleanup_module"))
+            .map(|function| function.name.clone())
+            .collect()
     }
 
     fn sum_per_cpu(map: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, Error> {
@@ -341,7 +466,12 @@ impl ModuleWatch {
             missed: self.missed()?,
             seeded,
             functions,
-            unprobed: self.unprobed.clone(),
+            unprobed: self
+                .unprobed
+                .iter()
+                .map(|function| function.name.clone())
+                .collect(),
+            unknown: self.unresolved_tasks(),
             instances: instances
                 .into_iter()
                 .map(|(id, inflight)| crate::snapshot::InstanceCount { id, inflight })
@@ -362,47 +492,9 @@ impl ModuleWatch {
         ))
     }
 
-    /// Frames per thread, attributed to the instances its entry frames
-    /// serve; a thread serving no known instance (a kthread, a timer, or a
-    /// thread found on the stacks at attach, whose arguments stacks do not
-    /// show) could serve any: its frames are unattributed.
     fn attribute(&self, entries: &[(InflightKey, InflightValue)]) -> (BTreeMap<u32, u64>, u64) {
-        let mut per_thread: BTreeMap<u32, (u64, BTreeSet<u32>)> = BTreeMap::new();
-        for (key, value) in entries {
-            let thread = per_thread.entry(key.tid).or_default();
-            thread.0 += u64::from(value.depth);
-            if value.instance != NO_INSTANCE {
-                thread.1.insert(value.instance);
-            }
-        }
-        for ((_, tid), counts) in &self.seeded {
-            per_thread.entry(*tid as u32).or_default().0 += counts.values().sum::<u64>();
-        }
-        let mut instances: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut unattributed = 0;
-        for (frames, serving) in per_thread.values() {
-            if serving.is_empty() || serving.contains(&loopswap_common::MIXED_INSTANCES) {
-                unattributed += frames;
-            } else {
-                for instance in serving {
-                    *instances.entry(*instance).or_default() += frames;
-                }
-            }
-        }
-        (instances, unattributed)
-    }
-
-    /// Threads the probes see inside this module now, each with the lsw
-    /// instances its entry frames serve (empty: no known instance).
-    pub fn threads_inside(&self) -> Result<BTreeMap<u32, BTreeSet<u32>>, Error> {
-        let mut threads: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-        for (key, value) in self.tracked_entries()? {
-            let serving = threads.entry(key.tid).or_default();
-            if value.instance != NO_INSTANCE {
-                serving.insert(value.instance);
-            }
-        }
-        Ok(threads)
+        let seeded = self.seeded.values().flat_map(BTreeMap::values).sum();
+        attribute(entries, seeded)
     }
 
     /// Takes the ring buffer that receives a record each time a thread
@@ -435,6 +527,26 @@ impl ModuleWatch {
     pub fn functions(&self) -> &[Function] {
         &self.functions
     }
+}
+
+/// Frames per instance, and frames that could serve any instance. Only a
+/// frame of an instance entry point (an exported function, whose first
+/// argument names the instance) is attributed to that instance; every other
+/// frame — helpers, timers, work items, interrupt context on top of some
+/// thread, nested frames of mixed instances, and the `seeded` frames found
+/// on stacks at attach (whose arguments stacks do not show) — counts
+/// against every instance.
+fn attribute(entries: &[(InflightKey, InflightValue)], seeded: u64) -> (BTreeMap<u32, u64>, u64) {
+    let mut instances: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut unattributed = seeded;
+    for (_, value) in entries {
+        if value.instance == NO_INSTANCE || value.instance == MIXED_INSTANCES {
+            unattributed += u64::from(value.depth);
+        } else {
+            *instances.entry(value.instance).or_default() += u64::from(value.depth);
+        }
+    }
+    (instances, unattributed)
 }
 
 /// The eBPF object built by build.rs, loaded (maps created, programs not).
@@ -486,4 +598,32 @@ fn recursion_misses(program: BorrowedFd<'_>) -> Result<u64, Error> {
         });
     }
     Ok(info.recursion_misses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tid: u32, func: u32, depth: u32, instance: u32) -> (InflightKey, InflightValue) {
+        (InflightKey { tid, func }, InflightValue { depth, instance })
+    }
+
+    #[test]
+    fn only_entry_frames_are_attributed_to_their_instance() {
+        let entries = [
+            // Thread 7 serves instance 1 in an entry point...
+            frame(7, 0, 1, 1),
+            // ...and a timer of some instance's implementation interrupts it:
+            // no instance argument, so it could be any instance's.
+            frame(7, 3, 1, NO_INSTANCE),
+            // Thread 8 nests entry frames of instances 0 and 1.
+            frame(8, 0, 2, MIXED_INSTANCES),
+            frame(9, 0, 1, 0),
+        ];
+        let (instances, unattributed) = attribute(&entries, 2);
+        assert_eq!(instances.get(&1), Some(&1));
+        assert_eq!(instances.get(&0), Some(&1));
+        // The timer, the mixed frames and two seeded frames block everyone.
+        assert_eq!(unattributed, 1 + 2 + 2);
+    }
 }

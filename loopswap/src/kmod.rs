@@ -1,29 +1,96 @@
 //! Loading and unloading modules (finit_module/delete_module), and the name
 //! a `.ko` file will load under.
 
-use std::{ffi::CString, fs::File, path::Path};
+use std::{
+    ffi::CString,
+    fs::File,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
 
 use nix::kmod::{DeleteModuleFlags, ModuleInitFlags, delete_module, finit_module};
 use object::{Object as _, ObjectSection as _};
 
 use crate::Error;
 
-/// The module name recorded in a `.ko`'s `.modinfo` section (`name=...`).
-pub fn module_name_of(path: &Path) -> Result<String, Error> {
-    let bad = |why: &str| Error::BadModuleFile {
-        path: path.to_owned(),
-        why: why.to_owned(),
-    };
-    let data = std::fs::read(path).map_err(|cause| Error::Io {
-        path: path.to_owned(),
-        cause,
-    })?;
-    let file = object::File::parse(&*data).map_err(|_| bad("not an ELF file"))?;
-    let modinfo = file
-        .section_by_name(".modinfo")
-        .ok_or_else(|| bad("no .modinfo section"))?;
-    let bytes = modinfo.data().map_err(|_| bad("unreadable .modinfo"))?;
-    name_from_modinfo(bytes).ok_or_else(|| bad("no name= in .modinfo"))
+/// Largest `.ko` loopswap reads (Debian's largest module is under 20 MiB).
+pub const MAX_MODULE_FILE: u64 = 64 << 20;
+
+/// A `.ko` opened once: its name is read from this descriptor and
+/// `finit_module` loads this same descriptor, so the file cannot be
+/// replaced between the check and the load.
+#[derive(Debug)]
+pub struct ModuleFile {
+    path: PathBuf,
+    file: File,
+    /// The module name in `.modinfo` (`name=...`).
+    pub name: String,
+}
+
+impl ModuleFile {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let bad = |why: String| Error::BadModuleFile {
+            path: path.to_owned(),
+            why,
+        };
+        let io = |cause| Error::Io {
+            path: path.to_owned(),
+            cause,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let metadata = file.metadata().map_err(io)?;
+        if !metadata.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        if metadata.len() > MAX_MODULE_FILE {
+            return Err(bad(format!(
+                "{} bytes, larger than any kernel module ({} MiB at most)",
+                metadata.len(),
+                MAX_MODULE_FILE >> 20
+            )));
+        }
+        let mut data = Vec::with_capacity(metadata.len() as usize);
+        (&mut file)
+            .take(MAX_MODULE_FILE + 1)
+            .read_to_end(&mut data)
+            .map_err(io)?;
+        let elf = object::File::parse(&*data).map_err(|_| bad("not an ELF file".into()))?;
+        let modinfo = elf
+            .section_by_name(".modinfo")
+            .ok_or_else(|| bad("no .modinfo section: not a kernel module".into()))?;
+        let bytes = modinfo.data().map_err(|_| bad("unreadable .modinfo".into()))?;
+        let name = name_from_modinfo(bytes).ok_or_else(|| bad("no name= in .modinfo".into()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            name,
+        })
+    }
+
+    /// Loads the module from the descriptor that was checked.
+    pub fn load(&self) -> Result<(), Error> {
+        finit_module(&self.file, c"", ModuleInitFlags::empty()).map_err(|errno| {
+            let cause = std::io::Error::from_raw_os_error(errno as i32);
+            match errno {
+                // lsw_impl_register: the class it implements is not there.
+                nix::errno::Errno::ENXIO => Error::BadModuleFile {
+                    path: self.path.clone(),
+                    why: "its init failed: the lsw class it implements is not registered \
+                          (load the class module first, e.g. insmod lswloop.ko)"
+                        .into(),
+                },
+                nix::errno::Errno::EEXIST => Error::Usage(format!(
+                    "{}: module {} is already loaded",
+                    self.path.display(),
+                    self.name
+                )),
+                _ => Error::Io {
+                    path: self.path.clone(),
+                    cause,
+                },
+            }
+        })
+    }
 }
 
 pub fn name_from_modinfo(bytes: &[u8]) -> Option<String> {
@@ -36,17 +103,6 @@ pub fn name_from_modinfo(bytes: &[u8]) -> Option<String> {
 
 pub fn is_loaded(name: &str) -> Result<bool, Error> {
     Ok(procfs::modules()?.contains_key(name))
-}
-
-pub fn load(path: &Path) -> Result<(), Error> {
-    let file = File::open(path).map_err(|cause| Error::Io {
-        path: path.to_owned(),
-        cause,
-    })?;
-    finit_module(&file, c"", ModuleInitFlags::empty()).map_err(|errno| Error::Io {
-        path: path.to_owned(),
-        cause: std::io::Error::from_raw_os_error(errno as i32),
-    })
 }
 
 pub fn unload(name: &str) -> Result<(), Error> {

@@ -36,28 +36,17 @@ pub struct Snapshot {
     /// threads were inside before the probes) that have not left yet.
     pub seeded: u64,
     pub functions: Vec<FunctionCount>,
-    /// Functions of the module that cannot be probed (`notrace`, such as
-    /// `__exit` code) and so are not counted.
+    /// Functions of the module the kernel refused a probe on: only their
+    /// frames found on stacks are counted, not later entries.
     pub unprobed: Vec<String>,
+    /// Threads whose kernel stacks could not be read since attach (they
+    /// were on a CPU at every read): whether they are inside is unknown.
+    pub unknown: Vec<i32>,
     /// With instance attribution (swap): frames per lsw instance.
     pub instances: Vec<InstanceCount>,
     /// Frames of threads serving no known instance (kthreads, timers,
     /// threads found on stacks at attach): they could serve any instance.
     pub unattributed: u64,
-}
-
-impl Snapshot {
-    /// Frames that keep `instance` from being quiescent: its own and every
-    /// unattributed one.
-    pub fn busy_for(&self, instance: u32) -> u64 {
-        self.unattributed
-            + self
-                .instances
-                .iter()
-                .filter(|count| count.id == instance)
-                .map(|count| count.inflight)
-                .sum::<u64>()
-    }
 }
 
 impl Snapshot {
@@ -88,7 +77,18 @@ impl Snapshot {
             let _ = writeln!(out, "({idle} more functions idle since attach)");
         }
         if !self.unprobed.is_empty() {
-            let _ = writeln!(out, "not counted (notrace): {}", self.unprobed.join(", "));
+            let _ = writeln!(
+                out,
+                "not probed (only frames found on stacks count): {}",
+                self.unprobed.join(", ")
+            );
+        }
+        if !self.unknown.is_empty() {
+            let _ = writeln!(
+                out,
+                "unknown (on a CPU at every stack read, may be inside): threads {:?}",
+                self.unknown
+            );
         }
         let _ = writeln!(
             out,
@@ -123,6 +123,7 @@ mod tests {
                 },
             ],
             unprobed: vec!["m_exit".into()],
+            unknown: vec![],
             instances: vec![InstanceCount { id: 3, inflight: 1 }],
             unattributed: 1,
         }
@@ -143,18 +144,12 @@ mod tests {
     }
 
     #[test]
-    fn busy_counts_own_and_unattributed_frames() {
-        assert_eq!(sample().busy_for(3), 2);
-        assert_eq!(sample().busy_for(4), 1);
-    }
-
-    #[test]
     fn table_lists_busy_functions_and_totals() {
         let table = sample().to_table();
         assert!(table.contains("a "));
         assert!(!table.contains("\nb "));
         assert!(table.contains("(1 more functions idle since attach)"));
         assert!(table.contains("2 frames in flight"));
-        assert!(table.contains("not counted (notrace): m_exit"));
+        assert!(table.contains("not probed (only frames found on stacks count): m_exit"));
     }
 }

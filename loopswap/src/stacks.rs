@@ -27,24 +27,74 @@ pub fn parse_frame(line: &str) -> Option<Frame> {
     Some(Frame { function, module })
 }
 
-/// A task's kernel stack, innermost frame first; `None` if the task is gone.
-pub fn read(pid: i32, tid: i32) -> Option<Vec<Frame>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).ok()?;
-    Some(text.lines().filter_map(parse_frame).collect())
+/// What reading a task's kernel stack told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stack {
+    /// The task has exited.
+    Gone,
+    /// Nothing could be read: the task was running on another CPU (the
+    /// unwinder refuses a running task, so its frames are *unknown*, not
+    /// absent). Read again later, as livepatch retries such tasks.
+    Unknown,
+    /// Its frames, innermost first.
+    Frames(Vec<Frame>),
+}
+
+/// Reads again this many times at once before calling a stack unknown.
+const UNKNOWN_RETRIES: usize = 3;
+
+/// A task's kernel stack. A live task always has kernel frames unless it is
+/// on a CPU at that instant, so an empty stack is retried, then `Unknown`.
+pub fn read(pid: i32, tid: i32) -> Stack {
+    for _ in 0..UNKNOWN_RETRIES {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
+            return Stack::Gone;
+        };
+        let frames: Vec<Frame> = text.lines().filter_map(parse_frame).collect();
+        if !frames.is_empty() {
+            return Stack::Frames(frames);
+        }
+        if is_dead(pid, tid) {
+            return Stack::Gone;
+        }
+        std::thread::yield_now();
+    }
+    Stack::Unknown
+}
+
+/// Zombie or dead: no kernel frames to find, ever.
+fn is_dead(pid: i32, tid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| matches!(state, "Z" | "X" | "x")),
+        Err(_) => true,
+    }
 }
 
 /// A task, as (process id, thread id).
 pub type TaskId = (i32, i32);
 
-/// Every task whose stack holds a frame of `module`, with those frames.
-pub fn tasks_in_module(module: &str) -> Result<BTreeMap<TaskId, Vec<Frame>>, procfs::ProcError> {
+/// Every task whose stack holds a frame of `module`, with those frames, and
+/// the tasks whose stacks could not be read (see [`Stack::Unknown`]).
+pub type ModuleTasks = (BTreeMap<TaskId, Vec<Frame>>, Vec<TaskId>);
+
+/// Every task whose stack holds a frame of `module`, and the unknown ones.
+pub fn scan_module(module: &str) -> Result<ModuleTasks, procfs::ProcError> {
     let mut found = BTreeMap::new();
+    let mut unknown = Vec::new();
     for process in procfs::process::all_processes()? {
         let Ok(process) = process else { continue };
         let Ok(tasks) = process.tasks() else { continue };
         for task in tasks.flatten() {
-            let Some(frames) = read(task.pid, task.tid) else {
-                continue;
+            let frames = match read(task.pid, task.tid) {
+                Stack::Gone => continue,
+                Stack::Unknown => {
+                    unknown.push((task.pid, task.tid));
+                    continue;
+                }
+                Stack::Frames(frames) => frames,
             };
             let frames: Vec<Frame> = frames
                 .into_iter()
@@ -55,7 +105,13 @@ pub fn tasks_in_module(module: &str) -> Result<BTreeMap<TaskId, Vec<Frame>>, pro
             }
         }
     }
-    Ok(found)
+    Ok((found, unknown))
+}
+
+/// Every task whose stack holds a frame of `module`, with those frames
+/// (for reports; unknown stacks are left out).
+pub fn tasks_in_module(module: &str) -> Result<BTreeMap<TaskId, Vec<Frame>>, procfs::ProcError> {
+    Ok(scan_module(module)?.0)
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@
 use std::{
     collections::BTreeSet,
     path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
-use loopswap_common::MIXED_INSTANCES;
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
@@ -38,6 +38,15 @@ pub enum Target {
     ModuleFile(PathBuf),
     /// An implementation already registered with the core.
     Implementation(String),
+}
+
+impl SwapOptions {
+    fn to_display(&self) -> String {
+        match &self.to {
+            Target::ModuleFile(path) => path.display().to_string(),
+            Target::Implementation(name) => name.clone(),
+        }
+    }
 }
 
 impl Target {
@@ -82,6 +91,8 @@ pub struct InstanceReport {
     pub name: String,
     pub from: String,
     pub to: String,
+    /// The gate closed (`begin` was accepted); if not, nothing changed.
+    pub gated: bool,
     pub committed: bool,
     pub phases: Vec<PhaseTime>,
     /// Gate closed → gate open, measured by the core.
@@ -108,12 +119,14 @@ pub struct SwapReport {
     /// Modules unloaded after the swap because nothing used them any more.
     pub unloaded: Vec<String>,
     pub instances: Vec<InstanceReport>,
+    /// SIGINT or SIGTERM ended the swap early.
+    pub interrupted: bool,
     pub micros: u64,
 }
 
 impl SwapReport {
     pub fn succeeded(&self) -> bool {
-        self.instances.iter().all(|instance| instance.committed)
+        !self.interrupted && self.instances.iter().all(|instance| instance.committed)
     }
 
     pub fn to_table(&self) -> String {
@@ -127,10 +140,10 @@ impl SwapReport {
                 instance.id,
                 instance.from,
                 instance.to,
-                if instance.committed {
-                    "committed"
-                } else {
-                    "ABORTED, old implementation resumed"
+                match (instance.committed, instance.gated) {
+                    (true, _) => "committed",
+                    (false, true) => "ABORTED, old implementation resumed",
+                    (false, false) => "REFUSED before the gate closed, nothing changed",
                 }
             );
             let phases: Vec<String> = instance
@@ -170,45 +183,71 @@ impl SwapReport {
     }
 }
 
-/// Reports phases as they happen.
+/// Reports phases as they happen (lines of a gated phase once the gate is open).
 pub type Progress<'a> = &'a mut dyn FnMut(&str);
 
 fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
 }
 
-/// Resolves the instances to swap; refuses before anything changes.
-fn resolve_instances(state: &CoreState, options: &SwapOptions, to: &str) -> Result<Vec<Instance>, Error> {
+/// Usage errors that need no look at the system: found before anything.
+fn check_usage(options: &SwapOptions) -> Result<(), Error> {
     if options.all && !options.instances.is_empty() {
         return Err(Error::Usage("name instances or give --all, not both".into()));
     }
-    let class = state
-        .implementation(to)
-        .map(|implementation| implementation.class.clone());
+    if !options.all && options.instances.is_empty() {
+        return Err(Error::Usage(
+            "name at least one instance (e.g. lswloop0), or give --all".into(),
+        ));
+    }
+    if options.timeout.is_zero() || options.timeout > MAX_TIMEOUT {
+        return Err(Error::Usage(format!(
+            "--timeout {:?} is out of range: 1ms to {}s",
+            options.timeout,
+            MAX_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves the instances to swap; refuses before anything changes. With
+/// `class` unknown (NEW not loaded yet), only names are checked.
+fn resolve_instances(
+    state: &CoreState,
+    options: &SwapOptions,
+    to: &str,
+    class: Option<&str>,
+) -> Result<Vec<Instance>, Error> {
+    check_usage(options)?;
     let mut chosen: Vec<Instance> = Vec::new();
     if options.all {
         chosen.extend(
             state
                 .instances
                 .iter()
-                .filter(|instance| instance.implementation != to && Some(&instance.class) == class.as_ref())
+                .filter(|instance| {
+                    instance.implementation != to && class.is_none_or(|class| instance.class == class)
+                })
                 .cloned(),
         );
         if chosen.is_empty() {
             return Err(Error::Usage(format!("--all: no instance runs anything but {to}")));
         }
     } else {
-        if options.instances.is_empty() {
-            return Err(Error::Usage(
-                "name at least one instance (e.g. lswloop0), or give --all".into(),
-            ));
-        }
         for name in &options.instances {
             let instance = state.instance(name).ok_or_else(|| {
                 Error::Usage(format!("no instance named {name} (loopswap status lists them)"))
             })?;
             if instance.implementation == to {
                 return Err(Error::Usage(format!("{name} already runs {to}")));
+            }
+            if let Some(class) = class
+                && instance.class != class
+            {
+                return Err(Error::Usage(format!(
+                    "{name} is a {} instance, {to} implements {class}",
+                    instance.class
+                )));
             }
             if !chosen.iter().any(|c| c.id == instance.id) {
                 chosen.push(instance.clone());
@@ -218,90 +257,138 @@ fn resolve_instances(state: &CoreState, options: &SwapOptions, to: &str) -> Resu
     for instance in &chosen {
         if let Some(swap) = &instance.swap {
             return Err(Error::Usage(format!(
-                "{} is being swapped by another controller ({swap}); wait for it",
-                instance.name
+                "{} is being swapped by another controller ({swap}); wait for it or `loopswap abort {}`",
+                instance.name, instance.name
             )));
         }
     }
     Ok(chosen)
 }
 
+/// Longest `--timeout`: the core bounds a swap's deadline at one hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3000);
+
+/// The core's own deadline for a swap is the controller's timeout plus this:
+/// the controller aborts first with a full report; the core aborts if the
+/// controller stopped (SIGSTOP, a debugger) or hung.
+pub const KERNEL_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_cancel_signal(_: libc::c_int) {
+    CANCELLED.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM end a swap cleanly: the instance in progress is
+/// aborted, nothing further starts, a NEW this swap loaded is unloaded and
+/// the probes detach. No SA_RESTART: a blocked `drain` returns at once.
+pub fn install_signal_handlers() -> Result<(), Error> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_cancel_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(signal, &action) }.map_err(|errno| Error::Io {
+            path: "sigaction".into(),
+            cause: std::io::Error::from_raw_os_error(errno as i32),
+        })?;
+    }
+    Ok(())
+}
+
+fn cancelled() -> bool {
+    CANCELLED.load(Ordering::SeqCst)
+}
+
+/// Keeps the controller's memory resident: a page fault while a gate is
+/// closed must not need I/O that could wait at that gate.
+fn lock_memory() -> Result<(), Error> {
+    use nix::sys::mman::{MlockAllFlags, mlockall};
+    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(|errno| Error::Io {
+        path: "mlockall".into(),
+        cause: std::io::Error::from_raw_os_error(errno as i32),
+    })
+}
+
 /// The whole swap. Refusals before any change are errors; a swap that had
 /// to be aborted is a report with `committed: false`.
 pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapReport, Error> {
     let started = Instant::now();
+    check_usage(options)?;
     module::check_root()?;
+    let module_file = match &options.to {
+        Target::ModuleFile(path) => Some(kmod::ModuleFile::open(path)?),
+        Target::Implementation(_) => None,
+    };
+    let to = match (&options.to, &module_file) {
+        (_, Some(file)) => file.name.clone(),
+        (Target::Implementation(name), None) => name.clone(),
+        (Target::ModuleFile(_), None) => unreachable!("opened above"),
+    };
     let mut control = Control::open()?;
     let state = control.list()?;
-
-    let (to, file) = match &options.to {
-        Target::ModuleFile(path) => {
-            if !path.is_file() {
-                return Err(Error::Usage(format!("--to {}: no such file", path.display())));
-            }
-            (kmod::module_name_of(path)?, Some(path.clone()))
-        }
-        Target::Implementation(name) => (name.clone(), None),
-    };
-    if state.implementation(&to).is_none() && file.is_none() {
+    let registered_class = state
+        .implementation(&to)
+        .map(|implementation| implementation.class.clone());
+    if registered_class.is_none() && module_file.is_none() {
         return Err(Error::Usage(format!(
             "no implementation named {to} is registered (loopswap status lists them; or pass its .ko)"
         )));
     }
-    if state.implementation(&to).is_some() {
-        resolve_instances(&state, options, &to)?;
-    } else if !options.all {
-        // Check the names before loading anything.
-        for name in &options.instances {
-            if state.instance(name).is_none() {
-                return Err(Error::Usage(format!(
-                    "no instance named {name} (loopswap status lists them)"
-                )));
-            }
-        }
-        if options.instances.is_empty() {
-            return Err(Error::Usage(
-                "name at least one instance (e.g. lswloop0), or give --all".into(),
-            ));
-        }
-    }
+    // Every input error before anything is loaded or attached.
+    resolve_instances(&state, options, &to, registered_class.as_deref())?;
+    lock_memory()?;
 
     let mut loaded = None;
-    if state.implementation(&to).is_none() {
-        let path = file.as_ref().expect("checked above");
+    if let (None, Some(file)) = (&registered_class, &module_file) {
         if kmod::is_loaded(&to)? {
             return Err(Error::Usage(format!(
-                "module {to} is loaded but registered no lsw implementation"
+                "module {to} is loaded but registered no lsw implementation named {to}"
             )));
         }
         let at = Instant::now();
-        kmod::load(path)?;
+        file.load()?;
         progress(&format!(
             "load {} ({:.3} ms)",
-            path.display(),
+            options.to_display(),
             micros(at) as f64 / 1000.0
         ));
         loaded = Some(to.clone());
     }
     let state = control.list()?;
-    let targets = match (state.implementation(&to), resolve_instances(&state, options, &to)) {
-        (Some(_), Ok(targets)) => targets,
-        (implementation, resolved) => {
-            if let Some(module) = &loaded {
-                let _ = kmod::unload(module);
+    let unload_loaded = |why: &str, progress: Progress<'_>| {
+        if let Some(module) = &loaded {
+            match kmod::unload(module) {
+                Ok(()) => progress(&format!("unload {module} ({why})")),
+                Err(err) => progress(&format!("could not unload {module}: {err}")),
             }
-            return Err(match (implementation, resolved) {
-                (None, _) => Error::Usage(format!(
-                    "{to}.ko loaded but registered no lsw implementation named {to}"
-                )),
-                (_, Err(err)) => err,
-                _ => unreachable!(),
+        }
+    };
+    let targets = match state.implementation(&to) {
+        None => {
+            unload_loaded("it registered no implementation under its name", progress);
+            return Err(Error::BadModuleFile {
+                path: options.to_display().into(),
+                why: format!("loaded as module {to} but registered no lsw implementation named {to}"),
             });
         }
+        Some(implementation) => match resolve_instances(&state, options, &to, Some(&implementation.class)) {
+            Ok(targets) => targets,
+            Err(err) => {
+                unload_loaded("the swap was refused", progress);
+                return Err(err);
+            }
+        },
     };
 
     let mut reports = Vec::new();
     for instance in &targets {
+        if cancelled() {
+            break;
+        }
         let from_module = state
             .implementation(&instance.implementation)
             .map(|implementation| implementation.module.clone())
@@ -310,7 +397,7 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
         // aborted safely, and a fresh attach starts with clean counters.
         let mut report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
         for _ in 1..MISS_ATTEMPTS {
-            if report.committed || !report.unprovable {
+            if report.committed || !report.unprovable || cancelled() {
                 break;
             }
             progress(&format!("{}: retrying with fresh counters", instance.name));
@@ -332,7 +419,7 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
                 .is_some_and(|implementation| implementation.module == module)
         })
     };
-    let succeeded = reports.iter().all(|report| report.committed);
+    let succeeded = !cancelled() && reports.iter().all(|report| report.committed);
     if let Some(module) = &loaded
         && !succeeded
         && !in_use(module)
@@ -370,6 +457,7 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
         loaded,
         unloaded,
         instances: reports,
+        interrupted: cancelled(),
         micros: micros(started),
     })
 }
@@ -378,7 +466,49 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
 enum NotQuiescent {
     TimedOut,
     Missed(u64),
+    Cancelled,
     Failed(Error),
+}
+
+/// Phase times of one instance; while its gate is closed the lines are
+/// kept, not printed: the controller never writes to a terminal or file
+/// (which could live on the gated device) while callers wait.
+struct Phases<'a> {
+    instance: String,
+    pause_after: Option<String>,
+    held_back: Vec<String>,
+    gated: bool,
+    progress: Progress<'a>,
+}
+
+impl Phases<'_> {
+    fn record(&mut self, report: &mut InstanceReport, name: &'static str, at: Instant) {
+        let micros = micros(at);
+        let line = format!("{}: {name} ({:.3} ms)", self.instance, micros as f64 / 1000.0);
+        report.phases.push(PhaseTime { phase: name, micros });
+        self.say(line);
+        if self.pause_after.as_deref() == Some(name) {
+            eprintln!("pausing after {name} (--test-pause-after)");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+
+    fn say(&mut self, line: String) {
+        if self.gated {
+            self.held_back.push(line);
+        } else {
+            (self.progress)(&line);
+        }
+    }
+
+    fn gate_open(&mut self) {
+        self.gated = false;
+        for line in std::mem::take(&mut self.held_back) {
+            (self.progress)(&line);
+        }
+    }
 }
 
 async fn swap_one(
@@ -395,6 +525,7 @@ async fn swap_one(
         name: instance.name.clone(),
         from: instance.implementation.clone(),
         to: to.to_owned(),
+        gated: false,
         committed: false,
         phases: Vec::new(),
         blackout_us: None,
@@ -404,20 +535,12 @@ async fn swap_one(
         holders: Vec::new(),
         unprovable: false,
     };
-    let phase = |report: &mut InstanceReport, name: &'static str, at: Instant, progress: Progress<'_>| {
-        let micros = micros(at);
-        progress(&format!(
-            "{}: {name} ({:.3} ms)",
-            instance.name,
-            micros as f64 / 1000.0
-        ));
-        report.phases.push(PhaseTime { phase: name, micros });
-        if options.pause_after.as_deref() == Some(name) {
-            progress(&format!("pausing after {name} (--test-pause-after)"));
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        }
+    let mut phases = Phases {
+        instance: instance.name.clone(),
+        pause_after: options.pause_after.clone(),
+        held_back: Vec::new(),
+        gated: false,
+        progress,
     };
 
     // Counters first, so the stacks seed them before the gate closes.
@@ -428,6 +551,15 @@ async fn swap_one(
         ..WatchOptions::default()
     };
     let mut watch = ModuleWatch::attach(from_module, &options_watch)?;
+    let blind = watch.blind_functions();
+    if !blind.is_empty() {
+        report.error = Some(format!(
+            "refused before the gate closed: {from_module} has functions no probe can see ({}), \
+             so quiescence cannot be proven",
+            blind.join(", ")
+        ));
+        return Ok(report);
+    }
     let mut left = match watch.take_left_events() {
         // SAFETY: the ring buffer owns its map fd, open and unchanged for
         // as long as it lives inside the AsyncFd.
@@ -441,33 +573,72 @@ async fn swap_one(
         ),
         None => None,
     };
-    phase(&mut report, "attach", at, progress);
-
-    // From here on, any failure aborts (and so does our exit: the core
-    // aborts a swap whose handle closes).
-    let at = Instant::now();
-    if let Err(err) = control.command(&format!("begin {id} {to}")) {
-        report.error = Some(err.to_string());
+    phases.record(&mut report, "attach", at);
+    if cancelled() {
+        report.error = Some("interrupted before the gate closed".into());
         return Ok(report);
     }
-    phase(&mut report, "gate", at, progress);
+
+    // From here on, any failure aborts (and so does our exit: the core
+    // aborts a swap whose handle closes, or whose deadline passes).
+    let at = Instant::now();
+    let kernel_deadline = options.timeout + KERNEL_DEADLINE_MARGIN;
+    if let Err(err) = control.command(&format!(
+        "begin {id} {} {to} {}",
+        instance.implementation,
+        kernel_deadline.as_millis()
+    )) {
+        report.error = Some(format!("refused before the gate closed: {err}"));
+        return Ok(report);
+    }
+    report.gated = true;
+    phases.gated = true;
+    phases.record(&mut report, "gate", at);
     let deadline = Instant::now() + options.timeout;
 
     let outcome: Result<(), String> = async {
         let at = Instant::now();
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
+        control
+            .command(&format!("drain {id} {remaining}"))
+            .map_err(|err| {
+                if cancelled() {
+                    interrupted()
+                } else {
+                    format!(
+                        "{from_module} did not become quiescent for {} within {:?}: {err}",
+                        instance.name, options.timeout
+                    )
+                }
+            })?;
+        phases.record(&mut report, "drain", at);
+
+        let at = Instant::now();
         control
             .command(&format!("quiesce {id}"))
             .map_err(|err| err.to_string())?;
-        phase(&mut report, "quiesce", at, progress);
+        phases.record(&mut report, "quiesce", at);
 
         let at = Instant::now();
         match wait_quiescent(&mut watch, &mut left, id, deadline).await {
             Ok(()) => {}
             Err(NotQuiescent::TimedOut) => {
-                return Err(format!(
-                    "{} did not become quiescent for {} within {:?}",
-                    from_module, instance.name, options.timeout
-                ));
+                let unresolved = watch.unresolved_tasks();
+                return Err(if unresolved.is_empty() {
+                    format!(
+                        "{} did not become quiescent for {} within {:?}",
+                        from_module, instance.name, options.timeout
+                    )
+                } else {
+                    format!(
+                        "cannot prove quiescence of {} for {} within {:?}: the kernel stacks of \
+                         threads {unresolved:?} could not be read (they were on a CPU at every read)",
+                        from_module, instance.name, options.timeout
+                    )
+                });
             }
             Err(NotQuiescent::Missed(missed)) => {
                 report.unprovable = true;
@@ -475,15 +646,16 @@ async fn swap_one(
                     "{missed} probe events were missed: quiescence cannot be proven"
                 ));
             }
+            Err(NotQuiescent::Cancelled) => return Err(interrupted()),
             Err(NotQuiescent::Failed(err)) => return Err(err.to_string()),
         }
-        phase(&mut report, "wait+confirm", at, progress);
+        phases.record(&mut report, "wait+confirm", at);
 
         let at = Instant::now();
         control
             .command(&format!("transfer {id}"))
             .map_err(|err| err.to_string())?;
-        phase(&mut report, "transfer", at, progress);
+        phases.record(&mut report, "transfer", at);
         Ok(())
     }
     .await;
@@ -496,21 +668,23 @@ async fn swap_one(
                     report.blackout_us = control::reply_value(&reply, "blackout_us");
                     report.held_calls = control::reply_value(&reply, "held");
                     report.committed = true;
-                    phase(&mut report, "commit", at, progress);
+                    phases.gate_open();
+                    phases.record(&mut report, "commit", at);
                 }
-                Err(err) => abort(
-                    control,
-                    &mut report,
-                    err.to_string(),
-                    &mut watch,
-                    from_module,
-                    progress,
-                ),
+                Err(err) => abort(control, &mut report, err.to_string(), &mut watch, from_module),
             }
         }
-        Err(reason) => abort(control, &mut report, reason, &mut watch, from_module, progress),
+        Err(reason) => abort(control, &mut report, reason, &mut watch, from_module),
+    }
+    phases.gate_open();
+    if let Some(error) = &report.error {
+        (phases.progress)(&format!("{}: aborted: {error}", instance.name));
     }
     Ok(report)
+}
+
+fn interrupted() -> String {
+    "interrupted by SIGINT or SIGTERM".into()
 }
 
 fn abort(
@@ -519,7 +693,6 @@ fn abort(
     reason: String,
     watch: &mut ModuleWatch,
     module: &str,
-    progress: Progress<'_>,
 ) {
     // Who held quiescence up, read before the gate reopens.
     if let Ok(snapshot) = watch.snapshot() {
@@ -546,21 +719,23 @@ fn abort(
             })
             .collect();
     }
-    progress(&format!("{}: aborting: {reason}", report.name));
     match control.command(&format!("abort {}", report.id)) {
         Ok(reply) => {
             report.blackout_us = control::reply_value(&reply, "blackout_us");
             report.held_calls = control::reply_value(&reply, "held");
+            report.error = Some(reason);
         }
-        Err(err) => progress(&format!("{}: abort failed: {err}", report.name)),
+        // The core had aborted it already (deadline, forced abort, device
+        // removed): say so, with the core's reason.
+        Err(err) => report.error = Some(format!("{reason}; {err}")),
     }
-    report.error = Some(reason);
 }
 
 /// Waits until no frame of the old module serves `instance` (nor an
-/// unknown instance), confirmed on the kernel stacks. Woken by the probes
-/// each time a thread leaves a function; re-checked every 20 ms for the
-/// threads found on stacks at attach, whose leaving no probe sees.
+/// unknown instance), every thread that was inside before attach has been
+/// accounted for, and the kernel stacks agree. Woken by the probes each
+/// time a thread leaves a function; re-checked every 20 ms for the threads
+/// found on stacks at attach, whose leaving no probe sees.
 async fn wait_quiescent(
     watch: &mut ModuleWatch,
     left: &mut Option<AsyncFd<RingBuf<MapData>>>,
@@ -568,11 +743,17 @@ async fn wait_quiescent(
     deadline: Instant,
 ) -> Result<(), NotQuiescent> {
     loop {
+        if cancelled() {
+            return Err(NotQuiescent::Cancelled);
+        }
         let (busy, missed) = watch.quiescence(instance).map_err(NotQuiescent::Failed)?;
         if missed > 0 {
             return Err(NotQuiescent::Missed(missed));
         }
-        if busy == 0 && confirmed_by_stacks(watch, instance).map_err(NotQuiescent::Failed)? {
+        if busy == 0
+            && watch.unresolved_tasks().is_empty()
+            && watch.confirmed_by_stacks().map_err(NotQuiescent::Failed)?
+        {
             return Ok(());
         }
         let now = Instant::now();
@@ -593,22 +774,6 @@ async fn wait_quiescent(
             None => tokio::time::sleep(wait).await,
         }
     }
-}
-
-/// The second, independent signal: every task whose kernel stack holds a
-/// frame of the old module must be one the probes attribute wholly to
-/// other instances.
-fn confirmed_by_stacks(watch: &ModuleWatch, instance: u32) -> Result<bool, Error> {
-    let tasks = stacks::tasks_in_module(watch.module())?;
-    if tasks.is_empty() {
-        return Ok(true);
-    }
-    let tracked = watch.threads_inside()?;
-    Ok(tasks.keys().all(|(_, tid)| {
-        tracked.get(&(*tid as u32)).is_some_and(|serving| {
-            !serving.is_empty() && !serving.contains(&instance) && !serving.contains(&MIXED_INSTANCES)
-        })
-    }))
 }
 
 #[cfg(test)]
@@ -656,6 +821,7 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
             &state(),
             &options(&["lswloop0", "1", "lswloop0"], false),
             "lswloop_v2",
+            Some("lswloop"),
         );
         let ids: Vec<u32> = chosen.unwrap().iter().map(|i| i.id).collect();
         assert_eq!(ids, [0, 1]);
@@ -663,7 +829,7 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
 
     #[test]
     fn all_takes_every_instance_not_on_the_target() {
-        let chosen = resolve_instances(&state(), &options(&[], true), "lswloop_v2").unwrap();
+        let chosen = resolve_instances(&state(), &options(&[], true), "lswloop_v2", Some("lswloop")).unwrap();
         assert_eq!(chosen.len(), 2);
     }
 
@@ -675,7 +841,7 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
             (&[][..], false, "name at least one instance"),
             (&["lswloop0"][..], true, "not both"),
         ] {
-            let err = resolve_instances(&state(), &options(names, all), "lswloop_v2").unwrap_err();
+            let err = resolve_instances(&state(), &options(names, all), "lswloop_v2", None).unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
             assert_eq!(err.exit_code(), 2);
         }

@@ -44,11 +44,15 @@ pub enum ProbeKind {
     },
 }
 
-/// The line written to `kprobe_events` to create an event.
-pub fn definition(event: &str, kind: ProbeKind, module: &str, symbol: &str) -> String {
+/// The line written to `kprobe_events` to create an event. Probes go by
+/// address, not `module:symbol`: static functions of one module may share a
+/// name, which the kernel refuses as ambiguous. The kernel moves the address
+/// to the function's probe point (past an ENDBR) itself, and uses an int3
+/// breakpoint where ftrace cannot hook (`notrace` code).
+pub fn definition(event: &str, kind: ProbeKind, address: u64) -> String {
     match kind {
-        ProbeKind::Entry => format!("p:{GROUP}/{event} {module}:{symbol}"),
-        ProbeKind::Return { max_active } => format!("r{max_active}:{GROUP}/{event} {module}:{symbol}"),
+        ProbeKind::Entry => format!("p:{GROUP}/{event} 0x{address:x}"),
+        ProbeKind::Return { max_active } => format!("r{max_active}:{GROUP}/{event} 0x{address:x}"),
     }
 }
 
@@ -69,13 +73,13 @@ pub struct AttachedProbe {
 }
 
 impl AttachedProbe {
-    /// Creates `event` on `module:symbol` and runs `program` on every hit.
+    /// Creates `event` on the function of `module` named `symbol` at
+    /// `address`, and runs `program` on every hit.
     pub fn attach(
         tracefs: &Path,
         event: &str,
         kind: ProbeKind,
-        module: &str,
-        symbol: &str,
+        (module, symbol, address): (&str, &str, u64),
         program: BorrowedFd<'_>,
     ) -> Result<Self, Error> {
         let probe_error = |cause| Error::Probe {
@@ -83,7 +87,7 @@ impl AttachedProbe {
             module: module.to_owned(),
             cause,
         };
-        write_kprobe_events(tracefs, &definition(event, kind, module, symbol)).map_err(probe_error)?;
+        write_kprobe_events(tracefs, &definition(event, kind, address)).map_err(probe_error)?;
         let mut probe = Self {
             tracefs: tracefs.to_owned(),
             event: event.to_owned(),
@@ -165,24 +169,6 @@ pub fn parse_profile(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Functions of `module` that ftrace can hook (`available_filter_functions`).
-/// Kprobes refuse the others: `notrace` code such as `__init`/`__exit`.
-pub fn traceable_functions(tracefs: &Path, module: &str) -> Result<std::collections::HashSet<String>, Error> {
-    let path = tracefs.join("available_filter_functions");
-    let text = fs::read_to_string(&path).map_err(|cause| Error::Io { path, cause })?;
-    Ok(parse_filter_functions(&text, module))
-}
-
-pub fn parse_filter_functions(text: &str, module: &str) -> std::collections::HashSet<String> {
-    let tag = format!("[{module}]");
-    text.lines()
-        .filter_map(|line| {
-            let (name, owner) = line.split_once(' ')?;
-            (owner.trim() == tag).then(|| name.to_owned())
-        })
-        .collect()
-}
-
 /// The controller pid encoded in an event name of ours, if it is one.
 pub fn owner_pid(event: &str) -> Option<i32> {
     event.strip_prefix("lsw")?.split('_').next()?.parse().ok()
@@ -218,12 +204,16 @@ mod tests {
     #[test]
     fn definitions_name_module_and_maxactive() {
         assert_eq!(
-            definition("lsw1_e0", ProbeKind::Entry, "m", "f"),
-            "p:loopswap/lsw1_e0 m:f"
+            definition("lsw1_e0", ProbeKind::Entry, 0xffffffffc0a00010),
+            "p:loopswap/lsw1_e0 0xffffffffc0a00010"
         );
         assert_eq!(
-            definition("lsw1_r0", ProbeKind::Return { max_active: 1024 }, "m", "f"),
-            "r1024:loopswap/lsw1_r0 m:f"
+            definition(
+                "lsw1_r0",
+                ProbeKind::Return { max_active: 1024 },
+                0xffffffffc0a00010
+            ),
+            "r1024:loopswap/lsw1_r0 0xffffffffc0a00010"
         );
     }
 
@@ -233,14 +223,6 @@ mod tests {
         let misses = parse_profile(profile);
         assert_eq!(misses["lsw7_r0"], 3);
         assert_eq!(misses["lsw7_e0"], 0);
-    }
-
-    #[test]
-    fn filter_functions_of_one_module() {
-        let text = "schedule\nfn_a [m]\nfn_b [other]\nfn_c [m]\n";
-        let names = parse_filter_functions(text, "m");
-        assert_eq!(names.len(), 2);
-        assert!(names.contains("fn_a") && names.contains("fn_c"));
     }
 
     #[test]

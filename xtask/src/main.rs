@@ -18,8 +18,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install what is missing (Debian packages, nightly rust-src, the musl
-    /// target, bpf-linker, Debian's 6.12 kernel and headers). Idempotent.
+    /// Install what is missing (Debian packages, the pinned eBPF nightly
+    /// with rust-src, the musl target, bpf-linker, Debian's 6.12 kernel and
+    /// headers) and check that the nightly's LLVM is bpf-linker's. Idempotent.
     Setup,
     /// Set up, then build loopswap (static), the kernel modules and the
     /// base initramfs; only what changed is rebuilt.

@@ -63,6 +63,7 @@ const PROBLEM_MARKERS: &[&str] = &[
     "general protection fault",
     "UBSAN:",
     "Call Trace:",
+    "blocked for more than",
 ];
 
 const EXIT_MARKER: &str = "LSW-EXIT ";

@@ -1,5 +1,6 @@
 //! Command line: one file per subcommand; the doc comments are the help.
 
+mod abort;
 mod bench_probe;
 mod status;
 mod swap;
@@ -23,6 +24,8 @@ pub enum Command {
     Swap(swap::SwapArgs),
     /// Show implementations, instances and swaps in progress.
     Status(status::StatusArgs),
+    /// Force-abort the swap in progress on an instance (any controller's).
+    Abort(abort::AbortArgs),
     #[command(hide = true)]
     BenchProbe(bench_probe::BenchProbeArgs),
 }
@@ -33,6 +36,7 @@ impl Command {
             Command::Watch(args) => args.execute(),
             Command::Swap(args) => args.execute(),
             Command::Status(args) => args.execute(),
+            Command::Abort(args) => args.execute(),
             Command::BenchProbe(args) => args.execute(),
         }
     }

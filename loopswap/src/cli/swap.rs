@@ -41,7 +41,7 @@ pub struct SwapArgs {
     pub keep_old: bool,
 
     /// Tests only: stop after this phase of the first instance (attach,
-    /// gate, quiesce, wait+confirm, transfer) and sleep until killed.
+    /// gate, drain, quiesce, wait+confirm, transfer) and sleep until killed.
     #[arg(long, hide = true, value_name = "PHASE")]
     pub test_pause_after: Option<String>,
 }
@@ -62,6 +62,7 @@ impl SwapArgs {
                 println!("{line}");
             }
         };
+        swap::install_signal_handlers()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -76,17 +77,21 @@ impl SwapArgs {
             print!("{}", report.to_table());
         }
         if !report.succeeded() {
-            let failed = report
-                .instances
-                .iter()
-                .find(|instance| !instance.committed)
-                .expect("one failed");
-            return Err(loopswap::Error::SwapFailed(format!(
-                "swap of {} aborted, {} resumed: {}",
-                failed.name,
-                failed.from,
-                failed.error.as_deref().unwrap_or("unknown reason")
-            ))
+            let Some(failed) = report.instances.iter().find(|instance| !instance.committed) else {
+                return Err(loopswap::Error::SwapFailed(
+                    "interrupted by SIGINT or SIGTERM before the next instance".into(),
+                )
+                .into());
+            };
+            let reason = failed.error.as_deref().unwrap_or("unknown reason");
+            return Err(loopswap::Error::SwapFailed(if failed.gated {
+                format!(
+                    "swap of {} aborted, {} resumed: {reason}",
+                    failed.name, failed.from
+                )
+            } else {
+                format!("swap of {} not started, nothing changed: {reason}", failed.name)
+            })
             .into());
         }
         Ok(())

@@ -12,7 +12,9 @@ use tokio::signal::unix::{SignalKind, signal};
 /// that were already inside before the probes were attached, found on their
 /// kernel stacks) and the calls since start, with totals: frames in flight,
 /// distinct threads inside, and missed events (any non-zero value means the
-/// counts cannot be trusted). Detaches on Ctrl-C or SIGTERM.
+/// counts cannot be trusted). Threads whose kernel stacks could not be read
+/// since attach (running on a CPU) are listed as unknown, never counted as
+/// outside. Detaches on Ctrl-C or SIGTERM.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// The module to watch, as named in /proc/modules (e.g. lsw_fixture).
@@ -41,6 +43,9 @@ pub struct WatchArgs {
     #[arg(long, default_value_t = WatchOptions::default().max_active)]
     pub max_active: u32,
 }
+
+/// How long `--once` retries stacks that were unreadable at attach.
+const ONCE_SETTLE: Duration = Duration::from_secs(5);
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval =
@@ -85,10 +90,14 @@ impl WatchArgs {
 
     async fn run(&self, watch: &mut ModuleWatch) -> anyhow::Result<()> {
         let redraw = !self.json && std::io::stdout().is_terminal();
-        self.print(watch, redraw)?;
         if self.once {
-            return Ok(());
+            // A thread on a CPU at attach time has an unreadable stack: give
+            // it a moment to sleep or be preempted, then report what is left
+            // as unknown rather than as zero.
+            watch.settle(ONCE_SETTLE);
+            return self.print(watch, redraw);
         }
+        self.print(watch, redraw)?;
         let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut ticks = tokio::time::interval(self.interval);

@@ -128,10 +128,16 @@ impl Control {
         String::from_utf8_lossy(&reply).trim_end().to_owned()
     }
 
-    /// Runs one command; a refusal carries the core's reason.
+    /// Runs one command; a refusal carries the core's reason. One write:
+    /// the core takes a command per write, and a write interrupted by a
+    /// signal (EINTR from a `drain`) must fail, not be sent again.
     pub fn command(&mut self, line: &str) -> Result<String, Error> {
-        match self.file.write_all(line.as_bytes()) {
-            Ok(()) => Ok(self.read_reply()),
+        match self.file.write(line.as_bytes()) {
+            Ok(written) if written == line.len() => Ok(self.read_reply()),
+            Ok(written) => Err(Error::Core {
+                command: line.to_owned(),
+                reason: format!("short write ({written} of {} bytes)", line.len()),
+            }),
             Err(cause) => {
                 let reply = self.read_reply();
                 Err(Error::Core {

@@ -122,6 +122,7 @@ impl ModuleWatch {
                 max: MAX_FUNCTIONS,
             });
         }
+        ensure_file_descriptors(&module, functions.len())?;
         tracefs::remove_stale_events(&tracefs)?;
 
         let mut ebpf = load_object()?;
@@ -524,6 +525,20 @@ impl ModuleWatch {
         &self.module
     }
 
+    /// Fails once the watched module is no longer loaded and live (its
+    /// probes are gone with it; counts would only be zeros).
+    pub fn check_still_loaded(&self) -> Result<(), Error> {
+        match module::check_live(&self.module) {
+            Ok(()) => Ok(()),
+            Err(Error::ModuleNotLoaded { .. } | Error::ModuleNotLive { .. }) => {
+                Err(Error::UnloadedUnderWatch {
+                    module: self.module.clone(),
+                })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     pub fn functions(&self) -> &[Function] {
         &self.functions
     }
@@ -547,6 +562,27 @@ fn attribute(entries: &[(InflightKey, InflightValue)], seeded: u64) -> (BTreeMap
         }
     }
     (instances, unattributed)
+}
+
+/// Each probed function holds two perf event descriptors: raise
+/// RLIMIT_NOFILE as far as needed (root may raise the hard limit too, up to
+/// `fs.nr_open`), or refuse up front, with nothing attached.
+fn ensure_file_descriptors(module: &str, functions: usize) -> Result<(), Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // Two per function, plus maps, programs, tracefs files and stdio.
+    let needed = 2 * functions as u64 + 64;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|errno| Error::Io {
+        path: "getrlimit(RLIMIT_NOFILE)".into(),
+        cause: std::io::Error::from_raw_os_error(errno as i32),
+    })?;
+    if soft >= needed {
+        return Ok(());
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, needed, hard.max(needed)).map_err(|_| Error::TooFewFileDescriptors {
+        module: module.to_owned(),
+        needed,
+        limit: hard,
+    })
 }
 
 /// The eBPF object built by build.rs, loaded (maps created, programs not).

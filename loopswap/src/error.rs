@@ -24,6 +24,13 @@ pub enum Error {
         "module {module} has {count} functions, more than the {max} one watch can probe; use --exported-only"
     )]
     TooManyFunctions { module: String, count: usize, max: u32 },
+    #[error("module {module} was unloaded while being watched; its probes are detached")]
+    UnloadedUnderWatch { module: String },
+    #[error(
+        "watching {module} takes {needed} file descriptors (2 per function) but the limit is {limit}: \
+         raise it (ulimit -n, or LimitNOFILE=) or use --exported-only"
+    )]
+    TooFewFileDescriptors { module: String, needed: u64, limit: u64 },
     #[error("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")]
     NoTracefs,
     #[error("cannot probe {module}:{function}: {cause}")]
@@ -71,6 +78,7 @@ impl Error {
             | Error::NoFunctions { .. }
             | Error::HiddenAddresses
             | Error::TooManyFunctions { .. }
+            | Error::TooFewFileDescriptors { .. }
             | Error::MaxActive(_)
             | Error::NoCore
             | Error::BadModuleFile { .. }

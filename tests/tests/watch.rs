@@ -207,3 +207,29 @@ fn the_vm_reports_exit_status_added_files_and_kernel_panics() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_watch_notices_its_module_unloaded_detaches_and_fails() {
+    let outcome = run_ok(
+        r#"insmod /modules/lsw_fixture.ko
+loopswap watch --json --interval 200ms lsw_fixture > /tmp/live.json 2> /tmp/err.txt &
+watch=$!
+until [ -s /tmp/live.json ]; do sleep 0.1; done
+rmmod lsw_fixture
+wait $watch; status=$?
+echo "== status"; echo "status=$status"
+echo "== stderr"; cat /tmp/err.txt
+echo "== events"; grep -c loopswap/ /sys/kernel/tracing/kprobe_events || true
+echo "== end"
+"#,
+    );
+    let out = &outcome.output;
+    assert_eq!(section(out, "status"), ["status=1"], "{out}");
+    let stderr = section(out, "stderr");
+    assert_eq!(stderr.len(), 1, "{stderr:?}");
+    assert!(
+        stderr[0].contains("lsw_fixture was unloaded while being watched"),
+        "{stderr:?}"
+    );
+    assert_eq!(section(out, "events"), ["0"], "every probe detached: {out}");
+}

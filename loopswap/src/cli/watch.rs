@@ -104,7 +104,10 @@ impl WatchArgs {
         ticks.tick().await;
         loop {
             tokio::select! {
-                _ = ticks.tick() => self.print(watch, redraw)?,
+                _ = ticks.tick() => {
+                    watch.check_still_loaded()?;
+                    self.print(watch, redraw)?;
+                }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
             }

@@ -52,7 +52,14 @@
 
 #define LSW_CMD_MAX 128
 #define LSW_MAX_WORDS 5
-#define LSW_TIMEOUT_MAX_MS (3600U * 1000U)
+/*
+ * Callers wait at a closed gate in D state: the longest deadline stays well
+ * under the hung-task detector's default 120 s.
+ */
+#define LSW_TIMEOUT_MAX_MS (60U * 1000U)
+/* drain polls the grace period from every 100 us, backing off to 5 ms. */
+#define LSW_DRAIN_POLL_MIN_US 100
+#define LSW_DRAIN_POLL_MAX_US 5000
 
 enum lsw_phase { LSW_GATED, LSW_DRAINED, LSW_QUIESCED, LSW_TRANSFERRED };
 
@@ -97,6 +104,11 @@ static LIST_HEAD(lsw_impls);
 static LIST_HEAD(lsw_instances);
 static DEFINE_IDA(lsw_ids);
 static atomic64_t lsw_handle_ids = ATOMIC64_INIT(0);
+/*
+ * Deadline aborts reopen gates that memory reclaim may be waiting on (dirty
+ * pages of a gated device): they run on a rescuer-backed workqueue.
+ */
+static struct workqueue_struct *lsw_deadline_wq;
 
 static struct lsw_class *find_class(const char *name)
 {
@@ -386,6 +398,8 @@ static void swap_abort(struct lsw_swap *swap, const char *why)
 	if (swap->phase >= LSW_TRANSFERRED) {
 		swap->to->ops->destroy(inst, swap->new_state);
 		WRITE_ONCE(inst->state->exported, false);
+		/* The next swap of this state may trip the wire again. */
+		WRITE_ONCE(inst->state->warned, false);
 	}
 	if (swap->phase >= LSW_QUIESCED && swap->from->ops->resume)
 		swap->from->ops->resume(inst, inst->state);
@@ -614,7 +628,7 @@ static int cmd_begin(struct lsw_handle *h, struct lsw_instance *inst, const char
 	WRITE_ONCE(inst->gate_closed, true);
 	/* Order the gate before whatever the controller reads next. */
 	smp_mb();
-	mod_delayed_work(system_wq, &inst->deadline_work, msecs_to_jiffies(timeout_ms));
+	mod_delayed_work(lsw_deadline_wq, &inst->deadline_work, msecs_to_jiffies(timeout_ms));
 	reply(h, "ok gated %s -> %s deadline_ms=%u\n", swap->from->name, to->name, timeout_ms);
 	mutex_unlock(&inst->swap_lock);
 	return 0;
@@ -634,7 +648,7 @@ put:
  */
 static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned int timeout_ms)
 {
-	unsigned long cookie, until;
+	unsigned long cookie, until, poll_us = LSW_DRAIN_POLL_MIN_US;
 	struct lsw_swap *swap;
 	u64 gen;
 	ktime_t started;
@@ -669,7 +683,8 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 			ret = -ETIMEDOUT;
 			break;
 		}
-		usleep_range_state(100, 200, TASK_INTERRUPTIBLE);
+		usleep_range_state(poll_us, 2 * poll_us, TASK_INTERRUPTIBLE);
+		poll_us = min(2 * poll_us, LSW_DRAIN_POLL_MAX_US);
 	}
 
 	if (mutex_lock_killable(&inst->swap_lock))
@@ -727,7 +742,8 @@ static int cmd_transfer(struct lsw_handle *h, struct lsw_swap *swap)
 	WRITE_ONCE(old->exported, true);
 	/* Pairs with smp_mb__after_atomic() in lsw_state_enter(). */
 	smp_mb();
-	inside = atomic_read(&old->inside);
+	/* Acquire: the export reads what the last thread to leave wrote. */
+	inside = atomic_read_acquire(&old->inside);
 	if (inside) {
 		WRITE_ONCE(old->exported, false);
 		reply(h, "transfer: %d thread(s) still inside %s for this instance: not quiescent\n",
@@ -1035,12 +1051,21 @@ static struct miscdevice lsw_misc = {
 
 static int __init lsw_core_init(void)
 {
-	return misc_register(&lsw_misc);
+	int ret;
+
+	lsw_deadline_wq = alloc_workqueue("lsw_deadline", WQ_MEM_RECLAIM, 0);
+	if (!lsw_deadline_wq)
+		return -ENOMEM;
+	ret = misc_register(&lsw_misc);
+	if (ret)
+		destroy_workqueue(lsw_deadline_wq);
+	return ret;
 }
 
 static void __exit lsw_core_exit(void)
 {
 	misc_deregister(&lsw_misc);
+	destroy_workqueue(lsw_deadline_wq);
 }
 
 module_init(lsw_core_init);

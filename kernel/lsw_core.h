@@ -93,8 +93,9 @@ struct lsw_impl_ops {
 	/*
 	 * Optional. After commit, drop what the old state holds (timers, file
 	 * references). Its memory stays until the implementation unregisters,
-	 * so a late call finds it marked exported and WARNs instead of reading
-	 * freed memory; destroy() then frees it.
+	 * so a late call finds it marked exported (lsw_state_enter() WARNs and
+	 * returns false) instead of reading freed memory; destroy() then frees
+	 * it, and must cope with what release() dropped.
 	 */
 	void (*release)(struct lsw_instance *inst, struct lsw_state_hdr *state);
 	/* Stop/restart the implementation's own asynchronous activity. */
@@ -203,15 +204,22 @@ void lsw_exit(struct lsw_call *call);
  * a state that has a thread inside, and marks it exported first (a full
  * barrier on both sides: either the exporter sees the thread inside, or the
  * thread sees the mark). Code that runs for a state already exported is a
- * bug in the swap: it WARNs, once per state (tests assert there is none).
+ * bug in the swap: lsw_state_enter() WARNs (once per state; tests assert
+ * there is none) and returns false, and the caller must then leave without
+ * touching the state (fail the request, do not re-arm the timer): after a
+ * commit the state has released what it held.
  */
-static inline void lsw_state_enter(struct lsw_state_hdr *state)
+static inline bool lsw_state_enter(struct lsw_state_hdr *state)
 {
 	atomic_inc(&state->inside);
 	/* Pairs with the smp_mb() after the core sets exported. */
 	smp_mb__after_atomic();
-	if (unlikely(READ_ONCE(state->exported)) && !xchg(&state->warned, true))
+	if (likely(!READ_ONCE(state->exported)))
+		return true;
+	atomic_dec(&state->inside);
+	if (!xchg(&state->warned, true))
 		WARN(1, "lsw: implementation code ran for a state it had exported\n");
+	return false;
 }
 
 static inline void lsw_state_exit(struct lsw_state_hdr *state)

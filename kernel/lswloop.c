@@ -22,6 +22,7 @@
 #include <linux/kobject.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/sysfs.h>
 
@@ -49,12 +50,20 @@ static blk_status_t lswloop_queue_rq(struct blk_mq_hw_ctx *hctx,
 				     const struct blk_mq_queue_data *bd)
 {
 	struct lswloop_device *dev = hctx->queue->queuedata;
+	unsigned int noio;
 	struct lsw_call call;
 	blk_status_t ret;
 
+	/*
+	 * Reads, writes and flushes of the backing file must not recurse into
+	 * this device through reclaim (the loop driver's workers run the same
+	 * way), least of all while its gate is closed.
+	 */
+	noio = memalloc_noio_save();
 	lsw_enter(dev->inst, &call);
 	ret = lsw_call_ops(&call, struct lswloop_ops)->queue_rq(dev->inst, call.state, bd->rq);
 	lsw_exit(&call);
+	memalloc_noio_restore(noio);
 	return ret;
 }
 

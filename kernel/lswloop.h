@@ -15,7 +15,6 @@
 #include <linux/blk-mq.h>
 #include <linux/file.h>
 #include <linux/fs.h>
-#include <linux/sched/mm.h>
 
 #include "lsw_core.h"
 
@@ -98,16 +97,13 @@ static __always_inline struct file *lswloop_open_backing(const char *path, loff_
 }
 
 /*
- * Shared by both implementations: one bvec-at-a-time file I/O. Always
- * inlined: an out-of-line copy of a static inline function is notrace, and
- * loopswap refuses to swap a module with code its probes cannot see. Allocations
- * under it must not write back through this device (as the loop driver's
- * workers, it runs with memalloc_noio).
+ * Shared by both implementations: one bvec-at-a-time file I/O (the front
+ * runs queue_rq with memalloc_noio). Always inlined: an out-of-line copy of
+ * a static inline function is notrace, and loopswap refuses to swap a
+ * module with code its probes cannot see.
  */
 static __always_inline blk_status_t lswloop_file_rw(struct file *file, struct request *rq, loff_t pos)
 {
-	unsigned int noio = memalloc_noio_save();
-	blk_status_t status = BLK_STS_OK;
 	struct req_iterator iter;
 	struct bio_vec bvec;
 	struct iov_iter i;
@@ -127,15 +123,12 @@ static __always_inline blk_status_t lswloop_file_rw(struct file *file, struct re
 				pos += bvec.bv_len - done;
 				continue;
 			}
-			status = BLK_STS_IOERR;
-			goto out;
+			return BLK_STS_IOERR;
 		}
 	}
 	if (write && (rq->cmd_flags & REQ_FUA) && vfs_fsync(file, 1))
-		status = BLK_STS_IOERR;
-out:
-	memalloc_noio_restore(noio);
-	return status;
+		return BLK_STS_IOERR;
+	return BLK_STS_OK;
 }
 
 #endif /* _LSWLOOP_H */

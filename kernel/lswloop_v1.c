@@ -47,8 +47,11 @@ blk_status_t lswloop_v1_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr
 	struct lswloop_v1 *s = to_v1(hdr);
 	blk_status_t status;
 
-	lsw_state_enter(hdr);
 	blk_mq_start_request(rq);
+	if (!lsw_state_enter(hdr)) {
+		blk_mq_end_request(rq, BLK_STS_IOERR);
+		return BLK_STS_OK;
+	}
 	if (READ_ONCE(stall_ms))
 		msleep(READ_ONCE(stall_ms));
 	switch (req_op(rq)) {
@@ -76,7 +79,8 @@ loff_t lswloop_v1_size(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
 {
 	loff_t size;
 
-	lsw_state_enter(hdr);
+	if (!lsw_state_enter(hdr))
+		return 0;
 	size = to_v1(hdr)->size;
 	lsw_state_exit(hdr);
 	return size;
@@ -88,7 +92,8 @@ int lswloop_v1_show(struct lsw_instance *inst, struct lsw_state_hdr *hdr, char *
 	struct lswloop_v1 *s = to_v1(hdr);
 	int n;
 
-	lsw_state_enter(hdr);
+	if (!lsw_state_enter(hdr))
+		return scnprintf(buf, len, "exported");
 	n = scnprintf(buf, len, "backing=%pD size=%lld offset=%lld flags=%u reads=%lld writes=%lld",
 		      s->backing, s->size, s->offset, s->flags,
 		      atomic64_read(&s->reads), atomic64_read(&s->writes));

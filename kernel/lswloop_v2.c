@@ -74,8 +74,11 @@ blk_status_t lswloop_v2_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr
 	blk_status_t status;
 	loff_t pos;
 
-	lsw_state_enter(hdr);
 	blk_mq_start_request(rq);
+	if (!lsw_state_enter(hdr)) {
+		blk_mq_end_request(rq, BLK_STS_IOERR);
+		return BLK_STS_OK;
+	}
 	switch (req_op(rq)) {
 	case REQ_OP_READ:
 	case REQ_OP_WRITE:
@@ -115,7 +118,8 @@ loff_t lswloop_v2_size(struct lsw_instance *inst, struct lsw_state_hdr *hdr)
 	loff_t sectors = 0;
 	u32 i;
 
-	lsw_state_enter(hdr);
+	if (!lsw_state_enter(hdr))
+		return 0;
 	for (i = 0; i < s->nr_extents; i++)
 		sectors = max_t(loff_t, sectors, s->extents[i].start + s->extents[i].sectors);
 	lsw_state_exit(hdr);
@@ -128,7 +132,8 @@ int lswloop_v2_show(struct lsw_instance *inst, struct lsw_state_hdr *hdr, char *
 	struct lswloop_v2 *s = to_v2(hdr);
 	int n;
 
-	lsw_state_enter(hdr);
+	if (!lsw_state_enter(hdr))
+		return scnprintf(buf, len, "exported");
 	n = scnprintf(buf, len,
 			 "backing=%pD size=%lld extents=%u flags=%u reads=%lld writes=%lld read_bytes=%lld write_bytes=%lld flushes=%lld errors=%lld bytes_per_sec=%llu",
 			 s->backing, lswloop_v2_size(inst, hdr), s->nr_extents, s->flags,
@@ -147,7 +152,9 @@ static void v2_sample(struct timer_list *t)
 	unsigned long interval = READ_ONCE(leak_sampler) ? 1 : SAMPLE_INTERVAL;
 	u64 bytes;
 
-	lsw_state_enter(&s->hdr);
+	/* A state exported under a broken quiesce: the sampler stops here. */
+	if (!lsw_state_enter(&s->hdr))
+		return;
 	bytes = atomic64_read(&s->read_bytes) + atomic64_read(&s->write_bytes);
 	WRITE_ONCE(s->bytes_per_sec, (bytes - s->sampled_bytes) * HZ / interval);
 	s->sampled_bytes = bytes;

@@ -10,6 +10,13 @@ pub const MAX_FUNCTIONS: u32 = 4096;
 /// Most (thread, function) pairs tracked at once; bounds the in-flight map.
 pub const MAX_INFLIGHT_ENTRIES: u32 = 65536;
 
+/// Most threads with unreadable stacks followed at once (`USER_TICKS`).
+pub const MAX_UNREAD_THREADS: u32 = 16384;
+
+/// The kernel function a timer tick calls with the interrupted task and
+/// whether it was in user mode: `account_process_tick(p, user_tick)`.
+pub const TICK_FUNCTION: &str = "account_process_tick";
+
 /// The key of the in-flight map: one thread inside one probed function.
 ///
 /// Only the thread itself (on whichever CPU it runs) ever changes its own

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use loopswap_common::{
     FUNCTION_INSTANCE_ENTRY, FunctionInfo, IDLE_TID_FLAG, InflightKey, InflightValue, MAX_FUNCTIONS,
-    MAX_INFLIGHT_ENTRIES, MIXED_INSTANCES, NO_INSTANCE, event,
+    MAX_INFLIGHT_ENTRIES, MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, event,
 };
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
@@ -129,6 +129,27 @@ pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
             }
         }
         None => bump(&EVENTS, event::UNMATCHED_RETURN),
+    }
+    0
+}
+
+/// Threads whose kernel stacks could not be read (they were on a CPU),
+/// added by userspace with 0; set to 1 once a timer tick finds the thread
+/// in user mode, where it holds no kernel frame at all.
+#[map]
+static USER_TICKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNREAD_THREADS, 0);
+
+/// On `account_process_tick(p, user_tick)`, run by every timer tick in the
+/// interrupted thread's context.
+#[kprobe]
+pub fn lsw_tick(ctx: ProbeContext) -> u32 {
+    if ctx.arg::<i32>(1).unwrap_or(0) == 0 {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(seen) = USER_TICKS.get_ptr_mut(tid) {
+        // SAFETY: a u32 slot of our own map; racing writers all write 1.
+        unsafe { *seen = 1 };
     }
     0
 }

@@ -19,7 +19,7 @@ use aya::{
 };
 use loopswap_common::{
     FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTIONS, MIXED_INSTANCES,
-    NO_INSTANCE, event,
+    NO_INSTANCE, TICK_FUNCTION, event,
 };
 
 use crate::{
@@ -77,6 +77,8 @@ pub struct ModuleWatch {
     /// Tasks whose kernel stack has not been readable since attach (they
     /// were on a CPU at every read): what they hold is unknown.
     unresolved: BTreeSet<TaskId>,
+    /// Threads with unreadable stacks → 1 once a tick saw them in user mode.
+    user_ticks: BpfHashMap<MapData, u32, u32>,
     ebpf: Ebpf,
 }
 
@@ -156,6 +158,7 @@ impl ModuleWatch {
             left: Some(aya::maps::RingBuf::try_from(take_map(&mut ebpf, "LEFT")?)?),
             calls: PerCpuArray::try_from(take_map(&mut ebpf, "CALLS")?)?,
             events: PerCpuArray::try_from(take_map(&mut ebpf, "EVENTS")?)?,
+            user_ticks: BpfHashMap::try_from(take_map(&mut ebpf, "USER_TICKS")?)?,
             representative: Vec::new(),
             index_by_name: HashMap::new(),
             module,
@@ -178,6 +181,7 @@ impl ModuleWatch {
             .iter()
             .map(|function| watch.index_by_name[&function.name])
             .collect();
+        watch.attach_tick()?;
         watch.attach_all(options.max_active)?;
         watch.seed()?;
         Ok(watch)
@@ -194,6 +198,20 @@ impl ModuleWatch {
             .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
             .try_into()?;
         Ok(program.fd()?.as_fd())
+    }
+
+    /// A thread on a CPU cannot have its stack read, but a timer tick that
+    /// finds it in user mode proves it holds no kernel frame: the tick
+    /// program marks such threads (see `resolve`). Detached with the object.
+    fn attach_tick(&mut self) -> Result<(), Error> {
+        let program: &mut KProbe = self
+            .ebpf
+            .program_mut("lsw_tick")
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        program.load()?;
+        program.attach(TICK_FUNCTION, 0)?;
+        Ok(())
     }
 
     /// A return probe then an entry probe on every function. Returns first:
@@ -321,21 +339,48 @@ impl ModuleWatch {
     /// Reads `task`'s stack once more; what it holds untracked is seeded.
     /// Frames still on it were there at attach or were entered later (and
     /// are then tracked and subtracted), so one good read bounds the seed.
+    /// A thread seen in user mode since it became unreadable holds no
+    /// frame from before attach any more (it left them all to get there,
+    /// and every later entry is tracked), so it needs no stack read.
     fn resolve(&mut self, task: TaskId) {
-        match self.untracked_frames(task) {
+        let outcome = if self.seen_in_user_mode(task) {
+            Untracked::Frames(BTreeMap::new())
+        } else {
+            self.untracked_frames(task)
+        };
+        match outcome {
             Untracked::Gone => {
                 self.unresolved.remove(&task);
+                self.forget_unread(task);
             }
             Untracked::Unknown => {
                 self.unresolved.insert(task);
+                self.follow_unread(task);
             }
             Untracked::Frames(frames) => {
                 self.unresolved.remove(&task);
+                self.forget_unread(task);
                 if !frames.is_empty() {
                     self.seeded.insert(task, frames);
                 }
             }
         }
+    }
+
+    /// Asks the tick program to watch for `task` in user mode.
+    fn follow_unread(&mut self, (_, tid): TaskId) {
+        if self.user_ticks.get(&(tid as u32), 0).is_err() {
+            // A full map only means this thread waits for a stack read.
+            let _ = self.user_ticks.insert(tid as u32, 0, 0);
+        }
+    }
+
+    fn forget_unread(&mut self, (_, tid): TaskId) {
+        let _ = self.user_ticks.remove(&(tid as u32));
+    }
+
+    fn seen_in_user_mode(&self, (_, tid): TaskId) -> bool {
+        self.user_ticks.get(&(tid as u32), 0).is_ok_and(|seen| seen != 0)
     }
 
     /// Follows the seeded threads: a seeded frame can only leave, never
@@ -345,10 +390,18 @@ impl ModuleWatch {
     fn refresh_seeded(&mut self) {
         let tasks: Vec<TaskId> = self.seeded.keys().copied().collect();
         for task in tasks {
-            let now = match self.untracked_frames(task) {
-                Untracked::Unknown => continue,
-                Untracked::Gone => BTreeMap::new(),
-                Untracked::Frames(frames) => frames,
+            let now = if self.seen_in_user_mode(task) {
+                self.forget_unread(task);
+                BTreeMap::new()
+            } else {
+                match self.untracked_frames(task) {
+                    Untracked::Unknown => {
+                        self.follow_unread(task);
+                        continue;
+                    }
+                    Untracked::Gone => BTreeMap::new(),
+                    Untracked::Frames(frames) => frames,
+                }
             };
             let counts = self.seeded.get_mut(&task).expect("key from the map");
             counts.retain(|func, count| {

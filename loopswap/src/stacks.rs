@@ -65,12 +65,15 @@ pub fn read(pid: i32, tid: i32) -> Stack {
 /// Zombie or dead: no kernel frames to find, ever.
 fn is_dead(pid: i32, tid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| matches!(state, "Z" | "X" | "x")),
+        Ok(stat) => state_in_stat(&stat).is_some_and(|state| matches!(state, "Z" | "X" | "x")),
         Err(_) => true,
     }
+}
+
+/// The state letter of a `stat` line; the name in parentheses may itself
+/// contain spaces and parentheses, so it is skipped from the last `)`.
+fn state_in_stat(stat: &str) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().next()
 }
 
 /// A task, as (process id, thread id).
@@ -135,5 +138,12 @@ mod tests {
             })
         );
         assert_eq!(parse_frame("garbage"), None);
+    }
+
+    #[test]
+    fn the_state_is_read_past_any_task_name() {
+        assert_eq!(state_in_stat("42 (fio) R 1 42 42 0"), Some("R"));
+        assert_eq!(state_in_stat("43 (a) b (c)) Z 1 43"), Some("Z"));
+        assert_eq!(state_in_stat("garbage"), None);
     }
 }

@@ -202,7 +202,7 @@ fn check_usage(options: &SwapOptions) -> Result<(), Error> {
     }
     if options.timeout.is_zero() || options.timeout > MAX_TIMEOUT {
         return Err(Error::Usage(format!(
-            "--timeout {:?} is out of range: 1ms to {}s",
+            "--timeout {:?} is out of range: 1ms to {}s (callers wait at the gate meanwhile)",
             options.timeout,
             MAX_TIMEOUT.as_secs()
         )));
@@ -265,8 +265,9 @@ fn resolve_instances(
     Ok(chosen)
 }
 
-/// Longest `--timeout`: the core bounds a swap's deadline at one hour.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(3000);
+/// Longest `--timeout`: the core bounds a swap's deadline at 60 s (callers
+/// wait at the gate in D state), and adds [`KERNEL_DEADLINE_MARGIN`].
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(59);
 
 /// The core's own deadline for a swap is the controller's timeout plus this:
 /// the controller aborts first with a full report; the core aborts if the

@@ -84,7 +84,7 @@ echo "== stopped"; loopswap status --json
 sleep 4
 echo "== deadline"; loopswap status --json
 kill -CONT $first; kill -9 $first; wait $first 2>/dev/null || true
-loopswap swap lswloop0 --to lswloop_v2 --timeout 60s --test-pause-after gate > /tmp/swap2.txt 2>&1 &
+loopswap swap lswloop0 --to lswloop_v2 --timeout 50s --test-pause-after gate > /tmp/swap2.txt 2>&1 &
 second=$!
 until loopswap status | grep -q 'gated:'; do sleep 0.1; done
 echo "== abort"; loopswap abort lswloop0; echo "status=$?"

@@ -121,6 +121,37 @@ impl Control {
         }
     }
 
+    /// Moves the handle to a descriptor above every other one the process
+    /// has open. When the controller dies, the kernel closes descriptors in
+    /// ascending order and runs their releases last-closed-first, so the
+    /// core then sees the handle close (and reopens the gate) before the
+    /// slow teardown of hundreds of probe descriptors, not after it.
+    pub fn move_above_other_descriptors(&mut self) -> Result<(), Error> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let highest = std::fs::read_dir("/proc/self/fd")
+            .map_err(|cause| Error::Io {
+                path: "/proc/self/fd".into(),
+                cause,
+            })?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .max()
+            .unwrap_or(0);
+        if highest == self.file.as_raw_fd() {
+            return Ok(());
+        }
+        let moved = nix::fcntl::fcntl(
+            self.file.as_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(highest + 1),
+        )
+        .map_err(|errno| Error::Io {
+            path: CONTROL_PATH.into(),
+            cause: std::io::Error::from_raw_os_error(errno as i32),
+        })?;
+        // SAFETY: fcntl returned a new descriptor that nothing else owns.
+        self.file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(moved) };
+        Ok(())
+    }
+
     /// The whole reply: the core hands it out in as many reads as it takes.
     fn read_reply(&mut self) -> String {
         let mut reply = Vec::new();

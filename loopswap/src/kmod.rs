@@ -37,7 +37,16 @@ impl ModuleFile {
             path: path.to_owned(),
             cause,
         };
-        let mut file = File::open(path).map_err(io)?;
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(cause) if cause.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Usage(format!(
+                    "--to {}: no such file (give a .ko path or a registered implementation's name)",
+                    path.display()
+                )));
+            }
+            Err(cause) => return Err(io(cause)),
+        };
         let metadata = file.metadata().map_err(io)?;
         if !metadata.is_file() {
             return Err(bad("not a regular file".into()));

@@ -574,6 +574,7 @@ async fn swap_one(
         ),
         None => None,
     };
+    control.move_above_other_descriptors()?;
     phases.record(&mut report, "attach", at);
     if cancelled() {
         report.error = Some("interrupted before the gate closed".into());

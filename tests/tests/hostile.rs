@@ -1,0 +1,226 @@
+//! Bad input, table-driven: each case must fail with a clear error (one
+//! line of loopswap's own, or clap's usage error), the right exit status,
+//! and leave the kernel exactly as it was (instances, implementations,
+//! devices, loaded modules and their reference counts).
+
+use tests::{LSWLOOP_SETUP, run_ok, section};
+
+/// (name, command, exit status, text the error must contain).
+const CASES: &[(&str, &str, i32, &str)] = &[
+    ("no-args", "loopswap swap", 2, "--to"),
+    ("no-to", "loopswap swap lswloop0", 2, "--to"),
+    ("to-without-value", "loopswap swap lswloop0 --to", 2, "--to"),
+    (
+        "unknown-impl",
+        "loopswap swap lswloop0 --to lswloop_v2",
+        2,
+        "no implementation named lswloop_v2",
+    ),
+    (
+        "instance-as-impl",
+        "loopswap swap lswloop0 --to lswloop0",
+        2,
+        "no implementation named lswloop0",
+    ),
+    (
+        "names-and-all",
+        "loopswap swap lswloop0 --all --to /modules/lswloop_v2.ko",
+        2,
+        "not both",
+    ),
+    (
+        "neither-names-nor-all",
+        "loopswap swap --to /modules/lswloop_v2.ko",
+        2,
+        "name at least one instance",
+    ),
+    (
+        "all-on-target",
+        "loopswap swap --all --to lswloop_v1",
+        2,
+        "no instance runs anything but lswloop_v1",
+    ),
+    (
+        "unknown-instance",
+        "loopswap swap lswloop9 --to /modules/lswloop_v2.ko",
+        2,
+        "no instance named lswloop9",
+    ),
+    (
+        "already-runs",
+        "loopswap swap lswloop0 --to lswloop_v1",
+        2,
+        "already runs lswloop_v1",
+    ),
+    (
+        "already-runs-ko",
+        "loopswap swap lswloop0 --to /modules/lswloop_v1.ko",
+        2,
+        "already runs lswloop_v1",
+    ),
+    (
+        "missing-ko",
+        "loopswap swap lswloop0 --to /nonexistent.ko",
+        2,
+        "no such file",
+    ),
+    (
+        "not-elf",
+        "loopswap swap lswloop0 --to /etc/passwd",
+        2,
+        "not an ELF file",
+    ),
+    (
+        "empty-ko",
+        "loopswap swap lswloop0 --to /tmp/empty.ko",
+        2,
+        "not an ELF file",
+    ),
+    (
+        "directory",
+        "loopswap swap lswloop0 --to /tmp/",
+        2,
+        "not a regular file",
+    ),
+    (
+        "sparse-8g-ko",
+        "loopswap swap lswloop0 --to /tmp/huge.ko",
+        2,
+        "larger than any kernel module",
+    ),
+    (
+        "no-implementation-in-ko",
+        "loopswap swap lswloop0 --to /modules/lsw_fixture.ko",
+        2,
+        "registered no lsw implementation",
+    ),
+    (
+        "zero-timeout",
+        "loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 0s",
+        2,
+        "out of range",
+    ),
+    (
+        "long-timeout",
+        "loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 61s",
+        2,
+        "out of range",
+    ),
+    (
+        "absurd-timeout",
+        "loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 500000000000y",
+        2,
+        "timeout",
+    ),
+    (
+        "word-timeout",
+        "loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout fast",
+        2,
+        "timeout",
+    ),
+    (
+        "abort-nothing",
+        "loopswap abort lswloop0",
+        2,
+        "no swap in progress",
+    ),
+    (
+        "abort-unknown",
+        "loopswap abort lswloop9",
+        2,
+        "no instance named lswloop9",
+    ),
+    ("abort-no-args", "loopswap abort", 2, "INSTANCE"),
+    ("watch-no-args", "loopswap watch", 2, "MODULE"),
+    (
+        "watch-unknown-module",
+        "loopswap watch --once no_such_module",
+        2,
+        "not loaded",
+    ),
+    (
+        "watch-max-active-0",
+        "loopswap watch --once --max-active 0 lswloop_v1",
+        2,
+        "max-active",
+    ),
+    (
+        "watch-tiny-interval",
+        "loopswap watch --interval 1ms lswloop_v1",
+        2,
+        "interval",
+    ),
+    (
+        "watch-built-in",
+        "loopswap watch --once kernel",
+        2,
+        "built into the kernel",
+    ),
+    ("unknown-subcommand", "loopswap bogus", 2, "bogus"),
+    ("unknown-flag", "loopswap status --bogus", 2, "--bogus"),
+    (
+        "status-not-root",
+        "su nobody -s /bin/sh -c 'loopswap status'",
+        2,
+        "must run as root",
+    ),
+    (
+        "swap-not-root",
+        "su nobody -s /bin/sh -c 'loopswap swap lswloop0 --to lswloop_v1'",
+        2,
+        "must run as root",
+    ),
+];
+
+/// The kernel state a refusal must not change.
+const SNAPSHOT: &str = r#"loopswap status --json
+cat /sys/kernel/lswloop/devices
+cut -d' ' -f1-3 /proc/modules | sort
+grep -c loopswap/ /sys/kernel/tracing/kprobe_events || true"#;
+
+#[test]
+fn bad_input_fails_clearly_and_changes_nothing() {
+    let mut script = format!(
+        "{LSWLOOP_SETUP}
+add disk0 64
+set +e
+: > /tmp/empty.ko
+truncate -s 8G /tmp/huge.ko
+echo '== before'; {SNAPSHOT}
+"
+    );
+    for (name, command, _, _) in CASES {
+        script.push_str(&format!(
+            "{command} > /tmp/out.txt 2> /tmp/err.txt; status=$?\necho '== {name}'; echo \"status=$status\"; cat /tmp/err.txt\n"
+        ));
+    }
+    script.push_str(&format!("echo '== after'; {SNAPSHOT}\necho '== end'\n"));
+    let outcome = run_ok(&script);
+    let out = &outcome.output;
+    assert!(CASES.len() >= 30);
+    for (name, _, status, text) in CASES {
+        let lines = section(out, name);
+        assert_eq!(
+            lines.first(),
+            Some(&format!("status={status}").as_str()),
+            "{name}: {lines:?}"
+        );
+        let error = &lines[1..];
+        assert!(!error.is_empty(), "{name}: no error message");
+        if error[0].starts_with("loopswap: ") {
+            assert_eq!(error.len(), 1, "{name}: more than one line: {error:?}");
+        } else {
+            // clap's own usage errors: "error: ...", then usage and a hint.
+            assert!(error[0].starts_with("error: "), "{name}: {error:?}");
+        }
+        assert!(
+            error.join("\n").contains(text),
+            "{name}: {text:?} not in {error:?}"
+        );
+    }
+    assert_eq!(
+        section(out, "before"),
+        section(out, "after"),
+        "kernel state changed"
+    );
+}

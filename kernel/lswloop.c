@@ -101,7 +101,8 @@ static int lswloop_add(const char *path, const char *impl)
 	dev = kzalloc(sizeof(*dev), GFP_KERNEL);
 	if (!dev)
 		return -ENOMEM;
-	ret = ida_alloc_max(&indexes, 255, GFP_KERNEL);
+	/* One minor per device. */
+	ret = ida_alloc_max(&indexes, MINORMASK, GFP_KERNEL);
 	if (ret < 0)
 		goto free;
 	dev->index = ret;
@@ -204,47 +205,80 @@ static ssize_t remove_store(struct kobject *kobj, struct kobj_attribute *attr,
 	return count;
 }
 
+/* Longest line of the devices listing, state included. */
+#define DEVICE_LINE_MAX 512
+
 /*
- * World-readable, so it never waits: a device whose gate is closed for a
- * swap shows "swapping" instead of its state.
+ * One line per device, complete at any count: a binary attribute builds the
+ * whole listing for each read and copies out the part asked for. It is
+ * world-readable, so it never waits: a device whose gate is closed for a
+ * swap shows "swapping" instead of its state, and its buffer is allocated
+ * with memalloc_noio (reclaim must not wait on a gated device).
  */
-static ssize_t devices_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
+static ssize_t devices_read(struct file *file, struct kobject *kobj,
+			    struct bin_attribute *attr, char *buf, loff_t off, size_t count)
 {
 	struct lswloop_device *dev;
+	size_t cap, len = 0;
+	unsigned int noio;
 	struct lsw_call call;
-	int len = 0;
+	ssize_t ret;
+	char *text;
 
+	noio = memalloc_noio_save();
 	mutex_lock(&devices_lock);
+	cap = DEVICE_LINE_MAX * (list_count_nodes(&devices) + 1);
+	text = kvmalloc(cap, GFP_KERNEL);
+	if (!text) {
+		ret = -ENOMEM;
+		goto unlock;
+	}
 	list_for_each_entry(dev, &devices, node) {
+		size_t line = len;
+
 		if (!lsw_try_enter(dev->inst, &call)) {
-			len += sysfs_emit_at(buf, len, "%s id=%u swapping\n",
-					     dev->disk->disk_name, dev->inst->id);
+			len += scnprintf(text + len, cap - len, "%s id=%u swapping\n",
+					 dev->disk->disk_name, dev->inst->id);
 			continue;
 		}
-		len += sysfs_emit_at(buf, len, "%s id=%u impl=%s ", dev->disk->disk_name,
-				     dev->inst->id, call.impl->name);
+		len += scnprintf(text + len, cap - len, "%s id=%u impl=%s ",
+				 dev->disk->disk_name, dev->inst->id, call.impl->name);
 		len += lsw_call_ops(&call, struct lswloop_ops)->show(dev->inst, call.state,
-								    buf + len, PAGE_SIZE - len);
+								    text + len,
+								    line + DEVICE_LINE_MAX - 1 - len);
 		lsw_exit(&call);
-		len += sysfs_emit_at(buf, len, "\n");
+		len += scnprintf(text + len, cap - len, "\n");
 	}
+	ret = 0;
+	if (off < len) {
+		ret = min_t(size_t, count, len - off);
+		memcpy(buf, text + off, ret);
+	}
+	kvfree(text);
+unlock:
 	mutex_unlock(&devices_lock);
-	return len;
+	memalloc_noio_restore(noio);
+	return ret;
 }
 
 static struct kobj_attribute add_attr = __ATTR_WO(add);
 static struct kobj_attribute remove_attr = __ATTR_WO(remove);
-static struct kobj_attribute devices_attr = __ATTR_RO(devices);
+static struct bin_attribute devices_attr = __BIN_ATTR_RO(devices, 0);
 
 static struct attribute *lswloop_attrs[] = {
 	&add_attr.attr,
 	&remove_attr.attr,
-	&devices_attr.attr,
+	NULL,
+};
+
+static struct bin_attribute *lswloop_bin_attrs[] = {
+	&devices_attr,
 	NULL,
 };
 
 static const struct attribute_group lswloop_group = {
 	.attrs = lswloop_attrs,
+	.bin_attrs = lswloop_bin_attrs,
 };
 
 static int __init lswloop_init(void)

@@ -224,3 +224,28 @@ echo '== before'; {SNAPSHOT}
         "kernel state changed"
     );
 }
+
+#[test]
+fn listings_are_complete_past_a_page_and_every_instance_can_be_swapped() {
+    // 130 devices: the devices file used to stop at one page (43 lines) and
+    // the core's list reply at 8 KiB (97 instances).
+    let outcome = run_ok(&format!(
+        "{LSWLOOP_SETUP}
+i=0
+while [ $i -lt 130 ]; do add disk$i 1; i=$((i + 1)); done
+echo '== devices'; wc -l < /sys/kernel/lswloop/devices
+echo '== last-device'; tail -n 1 /sys/kernel/lswloop/devices | cut -d' ' -f1-3
+echo '== status'; loopswap status --json
+echo '== swap'; loopswap swap lswloop129 --to /modules/lswloop_v2.ko --json
+echo '== after'; grep '^lswloop129 ' /sys/kernel/lswloop/devices | cut -d' ' -f1-3
+echo '== end'
+"
+    ));
+    let out = &outcome.output;
+    assert_eq!(section(out, "devices"), ["130"], "{out}");
+    assert_eq!(section(out, "last-device"), ["lswloop129 id=129 impl=lswloop_v1"]);
+    let status = tests::json_in(out, "status");
+    assert_eq!(status["instances"].as_array().unwrap().len(), 130);
+    assert_eq!(tests::json_in(out, "swap")["instances"][0]["committed"], true);
+    assert_eq!(section(out, "after"), ["lswloop129 id=129 impl=lswloop_v2"]);
+}

@@ -223,7 +223,6 @@ impl ModuleWatch {
         let pid = std::process::id();
         let mut attached = Vec::with_capacity(2 * self.functions.len());
         let mut unprobed = Vec::new();
-        let mut probed = vec![false; self.functions.len()];
         {
             let returns = self.program_fd(ProbeKind::Return { max_active })?;
             let entries = self.program_fd(ProbeKind::Entry)?;
@@ -247,18 +246,16 @@ impl ModuleWatch {
                     Ok([ret, entry])
                 });
                 match pair {
-                    Ok(pair) => {
-                        attached.extend(pair);
-                        probed[index] = true;
-                    }
+                    Ok(pair) => attached.extend(pair),
                     Err(Error::Probe { .. }) => unprobed.push(function.clone()),
                     Err(err) => return Err(err),
                 }
             }
         }
+        let none_probed = unprobed.len() == self.functions.len();
         self.probes.extend(attached);
         self.unprobed = unprobed;
-        if !probed.iter().any(|probed| *probed) {
+        if none_probed {
             return Err(Error::NoFunctions {
                 module: self.module.clone(),
                 what: "probeable",

@@ -386,29 +386,39 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
     };
 
     let mut reports = Vec::new();
-    for instance in &targets {
-        if cancelled() {
-            break;
-        }
-        let from_module = state
-            .implementation(&instance.implementation)
-            .map(|implementation| implementation.module.clone())
-            .unwrap_or_else(|| instance.implementation.clone());
-        // A probe miss makes quiescence unprovable, not false: the swap was
-        // aborted safely, and a fresh attach starts with clean counters.
-        let mut report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
-        for _ in 1..MISS_ATTEMPTS {
-            if report.committed || !report.unprovable || cancelled() {
+    let swapped: Result<(), Error> = async {
+        for instance in &targets {
+            if cancelled() {
                 break;
             }
-            progress(&format!("{}: retrying with fresh counters", instance.name));
-            report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
+            let from_module = state
+                .implementation(&instance.implementation)
+                .map(|implementation| implementation.module.clone())
+                .unwrap_or_else(|| instance.implementation.clone());
+            // A probe miss makes quiescence unprovable, not false: the swap was
+            // aborted safely, and a fresh attach starts with clean counters.
+            let mut report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
+            for _ in 1..MISS_ATTEMPTS {
+                if report.committed || !report.unprovable || cancelled() {
+                    break;
+                }
+                progress(&format!("{}: retrying with fresh counters", instance.name));
+                report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
+            }
+            let committed = report.committed;
+            reports.push(report);
+            if !committed {
+                break;
+            }
         }
-        let committed = report.committed;
-        reports.push(report);
-        if !committed {
-            break;
-        }
+        Ok(())
+    }
+    .await;
+    if let Err(err) = swapped {
+        // Whatever it loaded goes too (the kernel refuses while an instance
+        // already committed to it uses it).
+        unload_loaded("the swap failed", progress);
+        return Err(err);
     }
 
     let mut unloaded = Vec::new();

@@ -249,3 +249,27 @@ echo '== end'
     assert_eq!(tests::json_in(out, "swap")["instances"][0]["committed"], true);
     assert_eq!(section(out, "after"), ["lswloop129 id=129 impl=lswloop_v2"]);
 }
+
+#[test]
+fn a_swap_that_fails_after_loading_new_unloads_it() {
+    // With tracefs gone the counters cannot attach: that happens after NEW
+    // was loaded, and NEW must go again.
+    let outcome = run_ok(&format!(
+        "{LSWLOOP_SETUP}
+add disk0 64
+set +e
+umount /sys/kernel/tracing; umount /sys/kernel/debug
+loopswap swap lswloop0 --to /modules/lswloop_v2.ko > /tmp/out.txt 2> /tmp/err.txt; status=$?
+echo '== swap'; echo \"status=$status\"; cat /tmp/err.txt
+echo '== modules'; cut -d' ' -f1 /proc/modules | grep lswloop_ | sort
+echo '== end'
+"
+    ));
+    let out = &outcome.output;
+    let swap = section(out, "swap");
+    // A missing facility is the system's failure, not a usage error: 1.
+    assert_eq!(swap.first(), Some(&"status=1"), "{out}");
+    assert_eq!(swap.len(), 2, "one line: {swap:?}");
+    assert!(swap[1].contains("tracefs is not mounted"), "{swap:?}");
+    assert_eq!(section(out, "modules"), ["lswloop_v1"], "{out}");
+}

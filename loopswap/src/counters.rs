@@ -333,30 +333,38 @@ impl ModuleWatch {
         Ok(())
     }
 
-    /// Reads `task`'s stack once more; what it holds untracked is seeded.
-    /// Frames still on it were there at attach or were entered later (and
-    /// are then tracked and subtracted), so one good read bounds the seed.
-    /// A thread seen in user mode since it became unreadable holds no
-    /// frame from before attach any more (it left them all to get there,
-    /// and every later entry is tracked), so it needs no stack read.
-    fn resolve(&mut self, task: TaskId) {
+    /// What `task` holds that the probes have not seen enter, keeping the
+    /// tick program's watch on it in step: a thread seen in user mode since
+    /// its stack became unreadable holds no frame from before attach any
+    /// more (it left them all to get there, and every later entry is
+    /// tracked), so it needs no stack read; one whose stack cannot be read
+    /// now is watched for that.
+    fn untracked_now(&mut self, task: TaskId) -> Untracked {
         let outcome = if self.seen_in_user_mode(task) {
             Untracked::Frames(BTreeMap::new())
         } else {
             self.untracked_frames(task)
         };
         match outcome {
+            Untracked::Unknown => self.follow_unread(task),
+            Untracked::Gone | Untracked::Frames(_) => self.forget_unread(task),
+        }
+        outcome
+    }
+
+    /// Reads `task`'s stack once more; what it holds untracked is seeded.
+    /// Frames still on it were there at attach or were entered later (and
+    /// are then tracked and subtracted), so one good read bounds the seed.
+    fn resolve(&mut self, task: TaskId) {
+        match self.untracked_now(task) {
             Untracked::Gone => {
                 self.unresolved.remove(&task);
-                self.forget_unread(task);
             }
             Untracked::Unknown => {
                 self.unresolved.insert(task);
-                self.follow_unread(task);
             }
             Untracked::Frames(frames) => {
                 self.unresolved.remove(&task);
-                self.forget_unread(task);
                 if !frames.is_empty() {
                     self.seeded.insert(task, frames);
                 }
@@ -387,18 +395,10 @@ impl ModuleWatch {
     fn refresh_seeded(&mut self) {
         let tasks: Vec<TaskId> = self.seeded.keys().copied().collect();
         for task in tasks {
-            let now = if self.seen_in_user_mode(task) {
-                self.forget_unread(task);
-                BTreeMap::new()
-            } else {
-                match self.untracked_frames(task) {
-                    Untracked::Unknown => {
-                        self.follow_unread(task);
-                        continue;
-                    }
-                    Untracked::Gone => BTreeMap::new(),
-                    Untracked::Frames(frames) => frames,
-                }
+            let now = match self.untracked_now(task) {
+                Untracked::Unknown => continue,
+                Untracked::Gone => BTreeMap::new(),
+                Untracked::Frames(frames) => frames,
             };
             let counts = self.seeded.get_mut(&task).expect("key from the map");
             counts.retain(|func, count| {

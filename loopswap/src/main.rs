@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match args.command.execute() {
         Ok(()) => ExitCode::SUCCESS,
+        // Exit status of a process killed by SIGPIPE, said quietly.
+        Err(err) if cli::is_broken_pipe(&err) => ExitCode::from(141),
         Err(err) => {
             // One line: the error and its causes, outermost first, each
             // cause once (a message may already quote its source).

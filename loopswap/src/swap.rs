@@ -11,7 +11,7 @@
 //! on the old implementation, its state untouched.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -386,6 +386,10 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
     };
 
     let mut reports = Vec::new();
+    // One watch per old module, attached before its first instance's gate
+    // closes and kept for the rest: the counters are per instance, so the
+    // next instance of the same module needs no new probes.
+    let mut watches: HashMap<String, Counters> = HashMap::new();
     let swapped: Result<(), Error> = async {
         for instance in &targets {
             if cancelled() {
@@ -395,15 +399,38 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
                 .implementation(&instance.implementation)
                 .map(|implementation| implementation.module.clone())
                 .unwrap_or_else(|| instance.implementation.clone());
+            let counters = watches.entry(from_module.clone()).or_default();
+            let mut report = swap_one(
+                &mut control,
+                instance,
+                &from_module,
+                &to,
+                options,
+                counters,
+                progress,
+            )
+            .await?;
             // A probe miss makes quiescence unprovable, not false: the swap was
             // aborted safely, and a fresh attach starts with clean counters.
-            let mut report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
             for _ in 1..MISS_ATTEMPTS {
                 if report.committed || !report.unprovable || cancelled() {
                     break;
                 }
                 progress(&format!("{}: retrying with fresh counters", instance.name));
-                report = swap_one(&mut control, instance, &from_module, &to, options, progress).await?;
+                *counters = Counters::default();
+                report = swap_one(
+                    &mut control,
+                    instance,
+                    &from_module,
+                    &to,
+                    options,
+                    counters,
+                    progress,
+                )
+                .await?;
+            }
+            if report.unprovable {
+                *counters = Counters::default();
             }
             let committed = report.committed;
             reports.push(report);
@@ -414,6 +441,8 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
         Ok(())
     }
     .await;
+    // Detach before unloading: a probed module cannot be unloaded.
+    drop(watches);
     if let Err(err) = swapped {
         // Whatever it loaded goes too (the kernel refuses while an instance
         // already committed to it uses it).
@@ -473,6 +502,58 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
     })
 }
 
+/// The counters on one old module, with the ring buffer that wakes a
+/// waiter when a thread leaves it. Empty until the first instance of that
+/// module needs them.
+#[derive(Default)]
+struct Counters {
+    attached: Option<(ModuleWatch, Option<LeftEvents>)>,
+}
+
+/// The ring buffer of "a thread left" events, pollable.
+type LeftEvents = AsyncFd<RingBuf<MapData>>;
+
+impl Counters {
+    /// Attaches on first use. A refusal (a function no probe can see) is
+    /// `Ok(Err(why))`: it refuses every instance of the module alike.
+    fn get_or_attach(
+        &mut self,
+        module: &str,
+    ) -> Result<Result<&mut (ModuleWatch, Option<LeftEvents>), String>, Error> {
+        if self.attached.is_none() {
+            let options_watch = WatchOptions {
+                scope: Scope::AllText,
+                attribute_instances: true,
+                ..WatchOptions::default()
+            };
+            let mut watch = ModuleWatch::attach(module, &options_watch)?;
+            let blind = watch.blind_functions();
+            if !blind.is_empty() {
+                return Ok(Err(format!(
+                    "refused before the gate closed: {module} has functions no probe can see ({}), \
+                     so quiescence cannot be proven",
+                    blind.join(", ")
+                )));
+            }
+            let left = match watch.take_left_events() {
+                // SAFETY: the ring buffer owns its map fd, open and unchanged
+                // for as long as it lives inside the AsyncFd.
+                Some(ring) => Some(
+                    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(
+                        |err| Error::Io {
+                            path: "ring buffer".into(),
+                            cause: err.into(),
+                        },
+                    )?,
+                ),
+                None => None,
+            };
+            self.attached = Some((watch, left));
+        }
+        Ok(Ok(self.attached.as_mut().expect("attached above")))
+    }
+}
+
 /// Why waiting for quiescence ended without it.
 enum NotQuiescent {
     TimedOut,
@@ -528,6 +609,7 @@ async fn swap_one(
     from_module: &str,
     to: &str,
     options: &SwapOptions,
+    counters: &mut Counters,
     progress: Progress<'_>,
 ) -> Result<InstanceReport, Error> {
     let id = instance.id;
@@ -556,36 +638,18 @@ async fn swap_one(
 
     // Counters first, so the stacks seed them before the gate closes.
     let at = Instant::now();
-    let options_watch = WatchOptions {
-        scope: Scope::AllText,
-        attribute_instances: true,
-        ..WatchOptions::default()
-    };
-    let mut watch = ModuleWatch::attach(from_module, &options_watch)?;
-    let blind = watch.blind_functions();
-    if !blind.is_empty() {
-        report.error = Some(format!(
-            "refused before the gate closed: {from_module} has functions no probe can see ({}), \
-             so quiescence cannot be proven",
-            blind.join(", ")
-        ));
-        return Ok(report);
-    }
-    let mut left = match watch.take_left_events() {
-        // SAFETY: the ring buffer owns its map fd, open and unchanged for
-        // as long as it lives inside the AsyncFd.
-        Some(ring) => Some(
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(
-                |err| Error::Io {
-                    path: "ring buffer".into(),
-                    cause: err.into(),
-                },
-            )?,
-        ),
-        None => None,
+    let first_use = counters.attached.is_none();
+    let (watch, left) = match counters.get_or_attach(from_module)? {
+        Ok(attached) => attached,
+        Err(refusal) => {
+            report.error = Some(refusal);
+            return Ok(report);
+        }
     };
     control.move_above_other_descriptors()?;
-    phases.record(&mut report, "attach", at);
+    if first_use {
+        phases.record(&mut report, "attach", at);
+    }
     if cancelled() {
         report.error = Some("interrupted before the gate closed".into());
         return Ok(report);
@@ -635,7 +699,7 @@ async fn swap_one(
         phases.record(&mut report, "quiesce", at);
 
         let at = Instant::now();
-        match wait_quiescent(&mut watch, &mut left, id, deadline).await {
+        match wait_quiescent(watch, left, id, deadline).await {
             Ok(()) => {}
             Err(NotQuiescent::TimedOut) => {
                 let unresolved = watch.unresolved_tasks();
@@ -683,10 +747,10 @@ async fn swap_one(
                     phases.gate_open();
                     phases.record(&mut report, "commit", at);
                 }
-                Err(err) => abort(control, &mut report, err.to_string(), &mut watch, from_module),
+                Err(err) => abort(control, &mut report, err.to_string(), watch, from_module),
             }
         }
-        Err(reason) => abort(control, &mut report, reason, &mut watch, from_module),
+        Err(reason) => abort(control, &mut report, reason, watch, from_module),
     }
     phases.gate_open();
     if let Some(error) = &report.error {
@@ -750,7 +814,7 @@ fn abort(
 /// found on stacks at attach, whose leaving no probe sees.
 async fn wait_quiescent(
     watch: &mut ModuleWatch,
-    left: &mut Option<AsyncFd<RingBuf<MapData>>>,
+    left: &mut Option<LeftEvents>,
     instance: u32,
     deadline: Instant,
 ) -> Result<(), NotQuiescent> {

@@ -30,7 +30,7 @@ impl AbortArgs {
             .into());
         }
         let reply = control.command(&format!("abort {}", instance.id))?;
-        println!("{}: {reply}", instance.name);
+        super::outln!("{}: {reply}", instance.name)?;
         Ok(())
     }
 }

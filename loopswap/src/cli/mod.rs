@@ -8,6 +8,27 @@ mod watch;
 
 use clap::{Parser, Subcommand};
 
+/// Writes a line to stdout. A reader that went away (`loopswap status |
+/// head -1`) is an error the caller returns, so a watch detaches its probes
+/// on the way out; `main` exits quietly on it, as a process killed by
+/// SIGPIPE would.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(anyhow::Error::from)
+    }};
+}
+pub(crate) use outln;
+
+/// Whether an error is stdout's reader having gone away.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Replace a running kernel module without stopping the devices it serves.
 #[derive(Debug, Parser)]
 #[command(name = "loopswap", version, about, long_about = None)]

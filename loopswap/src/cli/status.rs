@@ -16,30 +16,38 @@ impl StatusArgs {
         loopswap::module::check_root()?;
         let state = Control::open()?.list()?;
         if self.json {
-            println!("{}", serde_json::to_string(&state)?);
+            super::outln!("{}", serde_json::to_string(&state)?)?;
             return Ok(());
         }
-        println!("classes: {}", state.classes.join(", "));
-        println!(
+        super::outln!("classes: {}", state.classes.join(", "))?;
+        super::outln!(
             "{:<16} {:<10} {:>7} {:>13}  MODULE",
-            "IMPLEMENTATION", "CLASS", "VERSION", "STATE VERSION"
-        );
+            "IMPLEMENTATION",
+            "CLASS",
+            "VERSION",
+            "STATE VERSION"
+        )?;
         for implementation in &state.implementations {
-            println!(
+            super::outln!(
                 "{:<16} {:<10} {:>7} {:>13}  {}",
                 implementation.name,
                 implementation.class,
                 implementation.version,
                 implementation.state_version,
                 implementation.module
-            );
+            )?;
         }
-        println!(
+        super::outln!(
             "{:<4} {:<12} {:<10} {:<16} {:<6} {:>6}  SWAP",
-            "ID", "INSTANCE", "CLASS", "IMPLEMENTATION", "GATE", "HELD"
-        );
+            "ID",
+            "INSTANCE",
+            "CLASS",
+            "IMPLEMENTATION",
+            "GATE",
+            "HELD"
+        )?;
         for instance in &state.instances {
-            println!(
+            super::outln!(
                 "{:<4} {:<12} {:<10} {:<16} {:<6} {:>6}  {}",
                 instance.id,
                 instance.name,
@@ -48,7 +56,7 @@ impl StatusArgs {
                 instance.gate,
                 instance.held,
                 instance.swap.as_deref().unwrap_or("-")
-            );
+            )?;
         }
         Ok(())
     }

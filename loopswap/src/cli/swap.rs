@@ -58,8 +58,10 @@ impl SwapArgs {
         };
         let json = self.json;
         let mut progress = |line: &str| {
+            // A reader gone away does not stop a swap; the exit status
+            // still says how it ended.
             if !json {
-                println!("{line}");
+                let _ = super::outln!("{line}");
             }
         };
         swap::install_signal_handlers()?;
@@ -69,12 +71,12 @@ impl SwapArgs {
             .context("starting the tokio runtime")?;
         let report = runtime.block_on(swap::run(&options, &mut progress))?;
         if json {
-            println!(
+            let _ = super::outln!(
                 "{}",
                 serde_json::to_string(&report).context("serialising the report")?
             );
         } else {
-            print!("{}", report.to_table());
+            let _ = super::outln!("{}", report.to_table().trim_end());
         }
         if !report.succeeded() {
             let Some(failed) = report.instances.iter().find(|instance| !instance.committed) else {

@@ -78,12 +78,11 @@ impl WatchArgs {
     fn print(&self, watch: &mut ModuleWatch, redraw: bool) -> anyhow::Result<()> {
         let snapshot = watch.snapshot().context("reading the counters")?;
         if self.json {
-            println!("{}", snapshot.to_json_line());
+            super::outln!("{}", snapshot.to_json_line())?;
         } else {
-            if redraw {
-                print!("\x1b[H\x1b[2J");
-            }
-            println!("{}", snapshot.to_table());
+            // Home and clear first, when redrawing a terminal.
+            let clear = if redraw { "\x1b[H\x1b[2J" } else { "" };
+            super::outln!("{clear}{}", snapshot.to_table())?;
         }
         Ok(())
     }

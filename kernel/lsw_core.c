@@ -152,14 +152,26 @@ void lsw_class_unregister(struct lsw_class *cls)
 }
 EXPORT_SYMBOL_GPL(lsw_class_unregister);
 
+static unsigned int fail_register;
+module_param(fail_register, uint, 0644);
+MODULE_PARM_DESC(fail_register,
+		 "test knob: this many lsw_impl_register() calls fail (-ENOMEM), as an init that fails");
+
 int lsw_impl_register(struct lsw_impl *impl)
 {
+	unsigned int left = READ_ONCE(fail_register);
 	int ret = 0;
 
 	if (!impl->ops || !impl->ops->create || !impl->ops->destroy ||
 	    !impl->ops->export_state || !impl->ops->import_state ||
 	    !impl->ops->can_import)
 		return -EINVAL;
+	while (left && !try_cmpxchg(&fail_register, &left, left - 1))
+		;
+	if (left) {
+		pr_info("%s: registration failed by the fail_register test knob\n", impl->name);
+		return -ENOMEM;
+	}
 	INIT_LIST_HEAD(&impl->retired);
 	mutex_lock(&lsw_lock);
 	if (find_impl(impl->name)) {

@@ -20,6 +20,35 @@
 
 #define LSWLOOP_CLASS "lswloop"
 
+/*
+ * Test knobs every implementation has (module parameters), for the tests
+ * and `cargo xtask soak`: a stall inside queue_rq, and failures of the next
+ * imports, as a transformer that rejects the state or as an allocation
+ * that fails.
+ */
+#define LSWLOOP_TEST_KNOBS(impl)							\
+	static unsigned int stall_ms;							\
+	module_param(stall_ms, uint, 0644);						\
+	MODULE_PARM_DESC(stall_ms, "test knob: every request waits this long inside " impl "_queue_rq()"); \
+	static unsigned int fail_import;						\
+	module_param(fail_import, uint, 0644);						\
+	MODULE_PARM_DESC(fail_import, "test knob: this many imports reject the state (-EINVAL)"); \
+	static unsigned int fail_alloc;							\
+	module_param(fail_alloc, uint, 0644);						\
+	MODULE_PARM_DESC(fail_alloc, "test knob: this many imports fail to allocate the new state")
+
+/* Takes one injected failure from a knob, if one is left. */
+static __always_inline bool lswloop_take_fault(unsigned int *left)
+{
+	unsigned int old = READ_ONCE(*left);
+
+	do {
+		if (!old)
+			return false;
+	} while (!try_cmpxchg(left, &old, old - 1));
+	return true;
+}
+
 /* Entry points of an implementation, called by the front between lsw_enter/exit. */
 struct lswloop_ops {
 	/* Do the whole request synchronously (the queue is BLK_MQ_F_BLOCKING). */

@@ -19,9 +19,7 @@
 
 #include "lswloop.h"
 
-static unsigned int stall_ms;
-module_param(stall_ms, uint, 0644);
-MODULE_PARM_DESC(stall_ms, "test knob: every request waits this long inside lswloop_v1_queue_rq()");
+LSWLOOP_TEST_KNOBS("lswloop_v1");
 
 struct lswloop_v1 {
 	struct lsw_state_hdr hdr;
@@ -166,7 +164,9 @@ static struct lsw_state_hdr *v1_import(struct lsw_instance *inst, const struct l
 
 	if (!v1_can_import(in->version))
 		return ERR_PTR(-EPROTO);
-	s = kzalloc(sizeof(*s), GFP_KERNEL);
+	if (lswloop_take_fault(&fail_import))
+		return ERR_PTR(-EINVAL);
+	s = lswloop_take_fault(&fail_alloc) ? NULL : kzalloc(sizeof(*s), GFP_KERNEL);
 	if (!s)
 		return ERR_PTR(-ENOMEM);
 	if (in->version == 1) {

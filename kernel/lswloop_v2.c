@@ -11,6 +11,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/blk-mq.h>
+#include <linux/delay.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/module.h>
@@ -20,6 +21,8 @@
 #include "lswloop.h"
 
 #define SAMPLE_INTERVAL (HZ / 10)
+
+LSWLOOP_TEST_KNOBS("lswloop_v2");
 
 static bool leak_sampler;
 module_param(leak_sampler, bool, 0644);
@@ -79,6 +82,8 @@ blk_status_t lswloop_v2_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr
 		blk_mq_end_request(rq, BLK_STS_IOERR);
 		return BLK_STS_OK;
 	}
+	if (READ_ONCE(stall_ms))
+		msleep(READ_ONCE(stall_ms));
 	switch (req_op(rq)) {
 	case REQ_OP_READ:
 	case REQ_OP_WRITE:
@@ -256,7 +261,9 @@ static struct lsw_state_hdr *v2_import(struct lsw_instance *inst, const struct l
 
 	if (!v2_can_import(in->version))
 		return ERR_PTR(-EPROTO);
-	s = v2_alloc();
+	if (lswloop_take_fault(&fail_import))
+		return ERR_PTR(-EINVAL);
+	s = lswloop_take_fault(&fail_alloc) ? NULL : v2_alloc();
 	if (!s)
 		return ERR_PTR(-ENOMEM);
 	if (in->version == 1) {

@@ -50,6 +50,8 @@ pub enum Error {
     Core { command: String, reason: String },
     #[error("{}: {why}", path.display())]
     BadModuleFile { path: PathBuf, why: String },
+    #[error("{}: the kernel did not load it: {cause} (its init failed or the kernel refused it; dmesg says why)", path.display())]
+    ModuleLoad { path: PathBuf, cause: std::io::Error },
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]

@@ -93,7 +93,7 @@ impl ModuleFile {
                     self.path.display(),
                     self.name
                 )),
-                _ => Error::Io {
+                _ => Error::ModuleLoad {
                     path: self.path.clone(),
                     cause,
                 },

@@ -6,6 +6,7 @@ pub mod build;
 pub mod initramfs;
 pub mod paths;
 pub mod setup;
+pub mod soak;
 pub mod vm;
 
 use std::process::Command;

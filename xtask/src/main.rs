@@ -52,6 +52,22 @@ enum Task {
     },
     /// The test suite: host unit tests, then the VM tests (tests/).
     Test,
+    /// Many v1<->v2 swaps under load (ext4 and raw fio with verification,
+    /// idle devices with known data) with faults injected at random phases:
+    /// controller SIGKILL and SIGSTOP, failing transformer, failing
+    /// allocation, failing init, device removal, stalled requests. Fails
+    /// unless nothing was lost or leaked; writes target/soak/soak.json.
+    Soak {
+        /// Swaps to run (every fault kind at least once).
+        #[arg(long, default_value_t = 500)]
+        swaps: usize,
+        /// Devices under load or holding data (at least 4).
+        #[arg(long, default_value_t = 4)]
+        devices: usize,
+        /// Seed of the plan, to replay a run (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 /// Errors print as one line with their causes (`{:#}`), whatever
@@ -98,6 +114,23 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Bench { which } => {
             build::all()?;
             bench::run(which)
+        }
+        Task::Soak { swaps, devices, seed } => {
+            build::all()?;
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |since| since.as_secs())
+            });
+            eprintln!("soak: {swaps} swaps on {devices} devices, seed {seed}");
+            let summary = xtask::soak::run(&xtask::soak::SoakOptions { swaps, devices, seed })?;
+            print!("{}", summary.table);
+            let path = xtask::soak::json_path();
+            std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
+            std::fs::write(&path, serde_json::to_string_pretty(&summary.json)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("written to {}", path.display());
+            Ok(())
         }
         Task::Test => {
             build::all()?;

@@ -25,6 +25,7 @@ use loopswap_common::{
 use crate::{
     Error,
     kallsyms::{self, Function, Scope},
+    kprobe_multi::{self, MultiLink},
     module,
     snapshot::{FunctionCount, Snapshot},
     stacks::{self, Stack, TaskId},
@@ -57,6 +58,9 @@ impl Default for WatchOptions {
 /// Probes attached to one module; detached on drop.
 pub struct ModuleWatch {
     // Field order is drop order: probes go before the programs they run.
+    /// The entry and return links, when kprobe.multi is available.
+    links: Vec<MultiLink>,
+    /// Otherwise one tracefs kprobe event per function and direction.
     probes: Vec<AttachedProbe>,
     module: String,
     functions: Vec<Function>,
@@ -79,6 +83,10 @@ pub struct ModuleWatch {
     unresolved: BTreeSet<TaskId>,
     /// Threads with unreadable stacks → 1 once a tick saw them in user mode.
     user_ticks: BpfHashMap<MapData, u32, u32>,
+    /// Why kprobe.multi could not be used, if it could not.
+    multi_refused: Option<String>,
+    /// Concurrent calls whose returns must be followable (see attach_multi).
+    max_active: u32,
     ebpf: Ebpf,
 }
 
@@ -124,10 +132,10 @@ impl ModuleWatch {
                 max: MAX_FUNCTIONS,
             });
         }
-        ensure_file_descriptors(&module, functions.len())?;
         tracefs::remove_stale_events(&tracefs)?;
 
         let mut ebpf = load_object()?;
+        let maps = kprobe_multi::map_descriptors(&ebpf)?;
         let mut func_by_addr: BpfHashMap<MapData, u64, FunctionInfo> =
             BpfHashMap::try_from(take_map(&mut ebpf, "FUNC_BY_ADDR")?)?;
         for (index, function) in functions.iter().enumerate() {
@@ -153,7 +161,8 @@ impl ModuleWatch {
             program.load()?;
         }
         let mut watch = Self {
-            probes: Vec::with_capacity(2 * functions.len()),
+            links: Vec::new(),
+            probes: Vec::new(),
             inflight: BpfHashMap::try_from(take_map(&mut ebpf, "INFLIGHT")?)?,
             left: Some(aya::maps::RingBuf::try_from(take_map(&mut ebpf, "LEFT")?)?),
             calls: PerCpuArray::try_from(take_map(&mut ebpf, "CALLS")?)?,
@@ -167,6 +176,8 @@ impl ModuleWatch {
             tracefs,
             seeded: BTreeMap::new(),
             unresolved: BTreeSet::new(),
+            multi_refused: None,
+            max_active: options.max_active,
             ebpf,
         };
         // Stacks show names only: functions sharing a name (static helpers
@@ -182,7 +193,15 @@ impl ModuleWatch {
             .map(|function| watch.index_by_name[&function.name])
             .collect();
         watch.attach_tick()?;
-        watch.attach_all(options.max_active)?;
+        // One link per direction for all functions; per-function tracefs
+        // probes where kprobe.multi is missing (no CONFIG_FPROBE) or
+        // refuses a function (it needs every one to be ftrace-able), so
+        // that each refused function is named.
+        if let Err(multi) = watch.attach_multi(&maps) {
+            watch.multi_refused = Some(multi.to_string());
+            ensure_file_descriptors(&watch.module, watch.functions.len())?;
+            watch.attach_all(options.max_active)?;
+        }
         watch.seed()?;
         Ok(watch)
     }
@@ -212,6 +231,57 @@ impl ModuleWatch {
         program.load()?;
         program.attach(TICK_FUNCTION, 0)?;
         Ok(())
+    }
+
+    /// kprobe.multi links on every function: returns first, for the reason
+    /// `attach_all` gives.
+    fn attach_multi(&mut self, maps: &[(String, std::os::fd::RawFd)]) -> Result<(), Error> {
+        // The exit function is not ftrace-able (and runs only while the
+        // module unloads): left out, it stays listed as not probed.
+        let (exits, probed): (Vec<&Function>, Vec<&Function>) = self
+            .functions
+            .iter()
+            .partition(|function| function.names.iter().any(|name| name == "cleanup_module"));
+        let addresses: Vec<u64> = probed.iter().map(|function| function.address).collect();
+        let exits: Vec<Function> = exits.into_iter().cloned().collect();
+        // fprobe follows at most (addresses × CPUs × 2) returns at once,
+        // shared by all functions; past that a return is missed (and
+        // counted as missed). Listing each address several times grows the
+        // pool to at least `max_active`, as a kretprobe's maxactive would.
+        let cpus = usize::try_from(
+            nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_CONF)
+                .ok()
+                .flatten()
+                .unwrap_or(1),
+        )
+        .unwrap_or(1)
+        .max(1);
+        let per_copy = addresses.len() * cpus * 2;
+        let copies = (self.max_active as usize).div_ceil(per_copy.max(1)).max(1);
+        let padded: Vec<u64> = addresses
+            .iter()
+            .copied()
+            .cycle()
+            .take(addresses.len() * copies)
+            .collect();
+        let returns = match MultiLink::attach(OBJECT, maps, PROGRAMS[1], &padded, true) {
+            Ok(link) => link,
+            // A kernel that refuses repeated addresses: the smaller pool.
+            Err(_) if copies > 1 => MultiLink::attach(OBJECT, maps, PROGRAMS[1], &addresses, true)?,
+            Err(err) => return Err(err),
+        };
+        let entries = MultiLink::attach(OBJECT, maps, PROGRAMS[0], &addresses, false)?;
+        self.links = vec![entries, returns];
+        self.unprobed = exits;
+        Ok(())
+    }
+
+    /// How the functions are probed, for reports.
+    pub fn mechanism(&self) -> String {
+        match &self.multi_refused {
+            None => "kprobe.multi".into(),
+            Some(why) => format!("tracefs kprobes (kprobe.multi refused: {why})"),
+        }
     }
 
     /// A return probe then an entry probe on every function. Returns first:
@@ -565,6 +635,9 @@ impl ModuleWatch {
         for kind in [ProbeKind::Entry, ProbeKind::Return { max_active: 1 }] {
             recursion += recursion_misses(self.program_fd(kind)?)?;
         }
+        for link in &self.links {
+            recursion += link.missed()?;
+        }
         Ok(probe_misses
             + recursion
             + Self::sum_per_cpu(&self.events, event::INFLIGHT_MAP_FULL)?
@@ -635,12 +708,12 @@ fn ensure_file_descriptors(module: &str, functions: usize) -> Result<(), Error> 
     })
 }
 
-/// The eBPF object built by build.rs, loaded (maps created, programs not).
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopswap"));
+
+/// The eBPF object, loaded (maps created, programs not).
 pub fn load_object() -> Result<Ebpf, Error> {
-    Ok(Ebpf::load(aya::include_bytes_aligned!(concat!(
-        env!("OUT_DIR"),
-        "/loopswap"
-    )))?)
+    Ok(Ebpf::load(OBJECT)?)
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, Error> {

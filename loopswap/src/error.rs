@@ -6,6 +6,12 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("loopswap must run as root: it loads eBPF programs and creates kprobes (try: sudo loopswap ...)")]
     NotRoot,
+    #[error(
+        "running as root of a user namespace (uid_map {0:?}), which cannot read kernel \
+         addresses, create kprobes or load kprobe programs: run it as root of the host (outside \
+         the container or unshare)"
+    )]
+    UserNamespace(String),
     #[error("module {module} is not loaded (see /proc/modules; load it with insmod or modprobe first)")]
     ModuleNotLoaded { module: String },
     #[error("{module} is built into the kernel, not a loadable module: there is no module text to watch")]
@@ -33,6 +39,12 @@ pub enum Error {
     TooFewFileDescriptors { module: String, needed: u64, limit: u64 },
     #[error("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")]
     NoTracefs,
+    #[error(
+        "tracefs is mounted at {} but not accessible here ({cause}): loopswap needs root in the \
+         initial user namespace (a container or user namespace cannot create kprobes)",
+        path.display()
+    )]
+    TracefsInaccessible { path: PathBuf, cause: std::io::Error },
     #[error("cannot probe {module}:{function}: {cause}")]
     Probe {
         module: String,
@@ -74,6 +86,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::NotRoot
+            | Error::UserNamespace(_)
             | Error::ModuleNotLoaded { .. }
             | Error::BuiltIn { .. }
             | Error::ModuleNotLive { .. }

@@ -10,6 +10,7 @@ pub mod counters;
 mod error;
 pub mod kallsyms;
 pub mod kmod;
+pub mod kprobe_multi;
 pub mod module;
 pub mod snapshot;
 pub mod stacks;

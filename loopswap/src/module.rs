@@ -24,9 +24,29 @@ pub fn check_live(module: &str) -> Result<(), Error> {
 
 /// Fails unless the effective user is root.
 pub fn check_root() -> Result<(), Error> {
-    if nix::unistd::geteuid().is_root() {
-        Ok(())
-    } else {
-        Err(Error::NotRoot)
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot);
+    }
+    // Root of a user namespace (a container, `unshare -U -r`) cannot read
+    // kernel addresses, create kprobes or load kprobe programs.
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) if !is_initial_uid_map(&map) => Err(Error::UserNamespace(map.trim().to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// The initial user namespace maps every uid to itself.
+fn is_initial_uid_map(map: &str) -> bool {
+    map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_identity_uid_map_is_the_initial_namespace() {
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map("         0       1000          1\n"));
     }
 }

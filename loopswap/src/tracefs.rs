@@ -27,11 +27,19 @@ pub const MAX_ACTIVE_LIMIT: u32 = 4096;
 
 /// Where tracefs is mounted.
 pub fn root() -> Result<PathBuf, Error> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|path| path.join("kprobe_events").exists())
-        .ok_or(Error::NoTracefs)
+    let mut inaccessible = None;
+    for path in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].map(PathBuf::from) {
+        match fs::metadata(path.join("kprobe_events")) {
+            Ok(_) => return Ok(path),
+            // Mounted, but this process may not look (a user namespace, a
+            // container): say so, not "not mounted".
+            Err(cause) if cause.kind() == std::io::ErrorKind::PermissionDenied => {
+                inaccessible.get_or_insert(Error::TracefsInaccessible { path, cause });
+            }
+            Err(_) => {}
+        }
+    }
+    Err(inaccessible.unwrap_or(Error::NoTracefs))
 }
 
 /// Entry or return probe.

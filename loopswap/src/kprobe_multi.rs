@@ -1,0 +1,200 @@
+//! One BPF link for the entries of every function of a module and one for
+//! their returns: kprobe.multi (fprobe, Linux 5.18+, `CONFIG_FPROBE`),
+//! which aya 0.14 cannot attach. The kernel patches the text of all the
+//! functions in one ftrace update, not once per probe, and the links go
+//! with their file descriptors: a killed controller leaves nothing behind.
+//!
+//! aya loads the object and creates its maps; this module loads the two
+//! counting programs a second time, with the attach type kprobe.multi needs
+//! (`BPF_TRACE_KPROBE_MULTI`), their map references resolved by aya-obj to
+//! the maps aya created, so both kinds of attach share the same maps.
+
+use std::{
+    collections::HashSet,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+};
+
+use aya::Ebpf;
+use aya_obj::generated::{
+    BPF_F_KPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_link_info, bpf_prog_type,
+};
+
+use crate::Error;
+
+/// A program loaded for kprobe.multi, and the link attaching it.
+#[derive(Debug)]
+pub struct MultiLink {
+    // Field order is drop order: the link goes before its program.
+    link: OwnedFd,
+    program: OwnedFd,
+}
+
+impl MultiLink {
+    /// Loads `program` from `object` for kprobe.multi and attaches it to
+    /// every address: at their entries, or with `returns` at their returns.
+    pub fn attach(
+        object: &[u8],
+        maps: &[(String, RawFd)],
+        program: &str,
+        addresses: &[u64],
+        returns: bool,
+    ) -> Result<Self, Error> {
+        let program = load(object, maps, program)?;
+        // SAFETY: bpf_attr is plain old data; zero is valid for every field.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the link_create member of a zeroed union.
+        let create = unsafe { &mut attr.link_create };
+        create.__bindgen_anon_1.prog_fd = program.as_raw_fd() as u32;
+        create.attach_type = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
+        create.__bindgen_anon_3.kprobe_multi.flags = if returns { BPF_F_KPROBE_MULTI_RETURN } else { 0 };
+        create.__bindgen_anon_3.kprobe_multi.cnt = addresses.len() as u32;
+        create.__bindgen_anon_3.kprobe_multi.addrs = addresses.as_ptr() as u64;
+        let link = bpf_new_fd(
+            bpf_cmd::BPF_LINK_CREATE,
+            &mut attr,
+            "BPF_LINK_CREATE (kprobe.multi)",
+        )?;
+        Ok(Self { link, program })
+    }
+
+    /// Calls the kernel could not follow: entries skipped because a BPF
+    /// program was already running on the CPU, and returns lost because
+    /// fprobe's pool of return hooks (functions × CPUs × 2) ran out.
+    pub fn missed(&self) -> Result<u64, Error> {
+        // SAFETY: plain old data; zero is valid.
+        let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+        object_info(&self.link, &mut info)?;
+        // SAFETY: a kprobe.multi link fills the kprobe_multi member.
+        let link_missed = unsafe { info.__bindgen_anon_1.kprobe_multi.missed };
+        // SAFETY: plain old data; zero is valid.
+        let mut program: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        object_info(&self.program, &mut program)?;
+        Ok(link_missed + program.recursion_misses)
+    }
+}
+
+/// Every map of a loaded object with its descriptor, for [`MultiLink::attach`].
+/// Call before taking maps out of `ebpf`.
+pub fn map_descriptors(ebpf: &Ebpf) -> Result<Vec<(String, RawFd)>, Error> {
+    use aya::maps::Map;
+    ebpf.maps()
+        .map(|(name, map)| {
+            let data = match map {
+                Map::Array(data)
+                | Map::HashMap(data)
+                | Map::PerCpuArray(data)
+                | Map::PerCpuHashMap(data)
+                | Map::RingBuf(data) => data,
+                _ => {
+                    return Err(Error::Map(aya::maps::MapError::InvalidName {
+                        name: format!("{name} (a map type loopswap does not expect)"),
+                    }));
+                }
+            };
+            Ok((name.to_owned(), data.fd().as_fd().as_raw_fd()))
+        })
+        .collect()
+}
+
+/// `program` of `object` with its maps and calls relocated, loaded as a
+/// kprobe program for kprobe.multi.
+fn load(object: &[u8], maps: &[(String, RawFd)], program: &str) -> Result<OwnedFd, Error> {
+    let malformed = |why: String| Error::Io {
+        path: "the embedded eBPF object".into(),
+        cause: std::io::Error::other(why),
+    };
+    let mut obj = aya_obj::Object::parse(object).map_err(|err| malformed(err.to_string()))?;
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    let definitions = obj.maps.clone();
+    obj.relocate_maps(
+        maps.iter()
+            .filter_map(|(name, fd)| definitions.get(name).map(|map| (name.as_str(), *fd, map))),
+        &text_sections,
+    )
+    .map_err(|err| malformed(err.to_string()))?;
+    obj.relocate_calls(&text_sections)
+        .map_err(|err| malformed(err.to_string()))?;
+    let key = obj
+        .programs
+        .get(program)
+        .ok_or_else(|| malformed(format!("no program {program}")))?
+        .function_key();
+    let instructions: &[bpf_insn] = &obj.functions[&key].instructions;
+
+    let mut log = vec![0u8; 1 << 16];
+    let mut name = [0 as std::ffi::c_char; 16];
+    for (slot, byte) in name.iter_mut().zip(program.bytes().take(15)) {
+        *slot = byte as std::ffi::c_char;
+    }
+    // SAFETY: plain old data; zero is valid for every field.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the prog-load member of a zeroed union.
+    let load = unsafe { &mut attr.__bindgen_anon_3 };
+    load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
+    load.expected_attach_type = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
+    load.insns = instructions.as_ptr() as u64;
+    load.insn_cnt = instructions.len() as u32;
+    load.license = c"GPL".as_ptr() as u64;
+    load.prog_name = name;
+    load.log_level = 1;
+    load.log_buf = log.as_mut_ptr() as u64;
+    load.log_size = log.len() as u32;
+    bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, "BPF_PROG_LOAD (kprobe.multi)").map_err(|err| {
+        let verifier = String::from_utf8_lossy(&log);
+        let last = verifier
+            .trim_end_matches('\0')
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_owned();
+        match err {
+            Error::Io { path, cause } => Error::Io {
+                path,
+                cause: std::io::Error::new(cause.kind(), format!("{cause}; verifier: {last}")),
+            },
+            other => other,
+        }
+    })
+}
+
+fn object_info<T>(fd: &OwnedFd, info: &mut T) -> Result<(), Error> {
+    // SAFETY: plain old data; zero is valid.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<T>() as u32;
+    attr.info.info = std::ptr::from_mut(info) as u64;
+    bpf(
+        bpf_cmd::BPF_OBJ_GET_INFO_BY_FD,
+        &mut attr,
+        "BPF_OBJ_GET_INFO_BY_FD",
+    )
+    .map(drop)
+}
+
+/// The bpf(2) system call; its non-negative return value.
+fn bpf(command: bpf_cmd, attr: &mut bpf_attr, what: &str) -> Result<i64, Error> {
+    // SAFETY: attr is a live, fully initialised bpf_attr; every pointer in it
+    // points at memory that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command as libc::c_int,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<bpf_attr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(Error::Io {
+            path: format!("bpf({what})").into(),
+            cause: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(ret)
+}
+
+/// A bpf(2) command that returns a new descriptor.
+fn bpf_new_fd(command: bpf_cmd, attr: &mut bpf_attr, what: &str) -> Result<OwnedFd, Error> {
+    let fd = bpf(command, attr, what)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}

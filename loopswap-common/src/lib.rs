@@ -82,6 +82,35 @@ pub mod event {
     pub const COUNT: u32 = 3;
 }
 
+/// Frames of a kernel stack the task scan looks at: as many as
+/// `/proc/PID/stack` shows.
+pub const SCAN_MAX_FRAMES: usize = 64;
+
+/// Slots of the `SCAN_CONFIG` array.
+pub const SCAN_TEXT_START: u32 = 0;
+pub const SCAN_TEXT_END: u32 = 1;
+pub const SCAN_PID_OFFSET: u32 = 2;
+pub const SCAN_TGID_OFFSET: u32 = 3;
+pub const SCAN_CONFIG_SLOTS: u32 = 4;
+
+/// [`ScanRecord::flags`]: a return address in the module's text range.
+pub const SCAN_IN_MODULE: u32 = 1;
+/// [`ScanRecord::flags`]: the stack could not be unwound (the task was on a CPU).
+pub const SCAN_UNREADABLE: u32 = 2;
+
+/// One task found by the task scan (`lsw_scan_tasks`), as written to the
+/// iterator's output.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanRecord {
+    /// Thread id (the task's `pid`).
+    pub tid: u32,
+    /// Process id (the task's `tgid`).
+    pub pid: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: two u32 fields, no padding, every bit pattern valid.
@@ -102,5 +131,6 @@ mod tests {
         assert_eq!(core::mem::align_of::<InflightKey>(), 4);
         assert_eq!(core::mem::size_of::<InflightValue>(), 8);
         assert_eq!(core::mem::size_of::<FunctionInfo>(), 8);
+        assert_eq!(core::mem::size_of::<ScanRecord>(), 16);
     }
 }

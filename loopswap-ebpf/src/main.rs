@@ -9,14 +9,20 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_kernel},
+    bindings::task_struct,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_kernel,
+        generated::{bpf_get_task_stack, bpf_seq_write},
+    },
     macros::{kprobe, kretprobe, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use loopswap_common::{
     FUNCTION_INSTANCE_ENTRY, FunctionInfo, IDLE_TID_FLAG, InflightKey, InflightValue, MAX_FUNCTIONS,
-    MAX_INFLIGHT_ENTRIES, MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, event,
+    MAX_INFLIGHT_ENTRIES, MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, SCAN_CONFIG_SLOTS,
+    SCAN_IN_MODULE, SCAN_MAX_FRAMES, SCAN_PID_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
+    SCAN_UNREADABLE, ScanRecord, event,
 };
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
@@ -150,6 +156,90 @@ pub fn lsw_tick(ctx: ProbeContext) -> u32 {
     if let Some(seen) = USER_TICKS.get_ptr_mut(tid) {
         // SAFETY: a u32 slot of our own map; racing writers all write 1.
         unsafe { *seen = 1 };
+    }
+    0
+}
+
+/// Settings of the stack scan, written by userspace before each run:
+/// `[text_start, text_end, offset of task_struct.pid, of task_struct.tgid]`.
+#[map]
+static SCAN_CONFIG: Array<u64> = Array::with_max_entries(SCAN_CONFIG_SLOTS, 0);
+
+/// One task's kernel stack, as `bpf_get_task_stack` writes it.
+#[map]
+static SCAN_STACK: PerCpuArray<[u64; SCAN_MAX_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `struct bpf_iter_meta`: the iterator's output file comes first.
+#[repr(C)]
+struct IterMeta {
+    seq: *mut aya_ebpf::bindings::seq_file,
+}
+
+#[inline(always)]
+fn config(slot: u32) -> u64 {
+    SCAN_CONFIG.get(slot).copied().unwrap_or(0)
+}
+
+/// A task iterator (`iter/task`): writes a [`ScanRecord`] for every task
+/// whose kernel stack holds a return address in the module's text, and for
+/// every task whose stack could not be unwound (running on a CPU), so that
+/// userspace reads `/proc` stacks of those few tasks only, not of all.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
+    // SAFETY: the iterator's context is (meta, task), both kernel pointers
+    // the verifier types from the attach point's BTF.
+    let (meta, task) = unsafe { (*ctx as *const IterMeta, *ctx.add(1) as *mut task_struct) };
+    if task.is_null() {
+        return 0;
+    }
+    let Some(stack) = SCAN_STACK.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU buffer of the size given.
+    let bytes = unsafe { bpf_get_task_stack(task, stack.cast(), (SCAN_MAX_FRAMES * 8) as u32, 0) };
+    let (start, end) = (config(SCAN_TEXT_START), config(SCAN_TEXT_END));
+    let mut flags = 0;
+    if bytes <= 0 {
+        flags = SCAN_UNREADABLE;
+    } else {
+        let frames = (bytes as usize / 8).min(SCAN_MAX_FRAMES);
+        for i in 0..SCAN_MAX_FRAMES {
+            if i >= frames {
+                break;
+            }
+            // SAFETY: i is within the buffer.
+            let ip = unsafe { (*stack)[i] };
+            if ip >= start && ip < end {
+                flags = SCAN_IN_MODULE;
+                break;
+            }
+        }
+    }
+    if flags == 0 {
+        return 0;
+    }
+    // The verifier forbids variable offsets on a typed task pointer: read
+    // the pointer's value as a plain number, and the ids through it.
+    // SAFETY: bpf_probe_read_kernel checks every address.
+    let address: u64 = unsafe { bpf_probe_read_kernel(ctx.add(1)) }.unwrap_or(0);
+    let read = |offset: u64| -> u32 {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel((address + offset) as *const u32) }.unwrap_or(0)
+    };
+    let record = ScanRecord {
+        tid: read(config(SCAN_PID_OFFSET)),
+        pid: read(config(SCAN_TGID_OFFSET)),
+        flags,
+        pad: 0,
+    };
+    // SAFETY: meta and its seq come from the iterator's context.
+    unsafe {
+        bpf_seq_write(
+            (*meta).seq,
+            (&raw const record).cast(),
+            core::mem::size_of::<ScanRecord>() as u32,
+        );
     }
     0
 }

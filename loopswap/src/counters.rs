@@ -19,7 +19,8 @@ use aya::{
 };
 use loopswap_common::{
     FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTIONS, MIXED_INSTANCES,
-    NO_INSTANCE, TICK_FUNCTION, event,
+    NO_INSTANCE, SCAN_IN_MODULE, SCAN_PID_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
+    SCAN_UNREADABLE, ScanRecord, TICK_FUNCTION, event,
 };
 
 use crate::{
@@ -87,10 +88,16 @@ pub struct ModuleWatch {
     multi_refused: Option<String>,
     /// Concurrent calls whose returns must be followable (see attach_multi).
     max_active: u32,
+    /// Whether the task iterator (`lsw_scan_tasks`) finds the tasks to
+    /// read stacks of; otherwise every task's `/proc` stack is read.
+    task_scan: bool,
     ebpf: Ebpf,
 }
 
 const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
+
+/// The task iterator that finds tasks inside the module.
+const SCAN_PROGRAM: &str = "lsw_scan_tasks";
 
 /// Frames on a stack that the probes have not seen enter.
 enum Untracked {
@@ -134,7 +141,12 @@ impl ModuleWatch {
         }
         tracefs::remove_stale_events(&tracefs)?;
 
-        let mut ebpf = load_object()?;
+        // Parsed once, for the object's load and the task scan's.
+        let btf = aya::Btf::from_sys_fs().map_err(|err| Error::Io {
+            path: "/sys/kernel/btf/vmlinux".into(),
+            cause: std::io::Error::other(err),
+        })?;
+        let mut ebpf = aya::EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
         let maps = kprobe_multi::map_descriptors(&ebpf)?;
         let mut func_by_addr: BpfHashMap<MapData, u64, FunctionInfo> =
             BpfHashMap::try_from(take_map(&mut ebpf, "FUNC_BY_ADDR")?)?;
@@ -160,7 +172,10 @@ impl ModuleWatch {
                 .try_into()?;
             program.load()?;
         }
+        let mut scan_config: aya::maps::Array<MapData, u64> =
+            aya::maps::Array::try_from(take_map(&mut ebpf, "SCAN_CONFIG")?)?;
         let mut watch = Self {
+            task_scan: false,
             links: Vec::new(),
             probes: Vec::new(),
             inflight: BpfHashMap::try_from(take_map(&mut ebpf, "INFLIGHT")?)?,
@@ -192,6 +207,9 @@ impl ModuleWatch {
             .iter()
             .map(|function| watch.index_by_name[&function.name])
             .collect();
+        // Without the iterator (no BTF, an older kernel) every task's
+        // /proc stack is read instead: slower, the same answer.
+        watch.task_scan = watch.prepare_task_scan(&btf, &mut scan_config).is_ok();
         watch.attach_tick()?;
         // One link per direction for all functions; per-function tracefs
         // probes where kprobe.multi is missing (no CONFIG_FPROBE) or
@@ -217,6 +235,79 @@ impl ModuleWatch {
             .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
             .try_into()?;
         Ok(program.fd()?.as_fd())
+    }
+
+    /// Loads the task iterator and tells it the module's text range and
+    /// where a task keeps its ids. The range runs from the lowest function
+    /// to 64 KiB past the highest: wider than the module is harmless (a
+    /// task found is then checked on its `/proc` stack, by name and module).
+    fn prepare_task_scan(
+        &mut self,
+        btf: &aya::Btf,
+        config: &mut aya::maps::Array<MapData, u64>,
+    ) -> Result<(), Error> {
+        let (pid, tgid) = crate::btf::task_pid_offsets()?;
+        let start = self.functions.iter().map(|f| f.address).min().unwrap_or(0);
+        let end = self.functions.iter().map(|f| f.address).max().unwrap_or(0) + 64 * 1024;
+        for (slot, value) in [
+            (SCAN_TEXT_START, start),
+            (SCAN_TEXT_END, end),
+            (SCAN_PID_OFFSET, pid),
+            (SCAN_TGID_OFFSET, tgid),
+        ] {
+            config.set(slot, value, 0)?;
+        }
+        let program: &mut aya::programs::Iter = self
+            .ebpf
+            .program_mut(SCAN_PROGRAM)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        program.load("task", btf)?;
+        Ok(())
+    }
+
+    /// One pass of the task iterator: tasks with a return address in the
+    /// module's text, and tasks whose stacks could not be unwound.
+    fn scan_tasks(&mut self) -> Result<(Vec<TaskId>, Vec<TaskId>), Error> {
+        use std::io::Read as _;
+        let program: &mut aya::programs::Iter = self
+            .ebpf
+            .program_mut(SCAN_PROGRAM)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        let link = program.attach()?;
+        let link = program.take_link(link)?;
+        let iterator_error = |cause: std::io::Error| Error::Io {
+            path: "the task iterator".into(),
+            cause,
+        };
+        let mut output = link
+            .into_file()
+            .map_err(|err| iterator_error(std::io::Error::other(err)))?;
+        let mut bytes = Vec::new();
+        output.read_to_end(&mut bytes).map_err(iterator_error)?;
+        let (mut inside, mut unreadable) = (Vec::new(), Vec::new());
+        for record in bytes.chunks_exact(std::mem::size_of::<ScanRecord>()) {
+            let word = |i: usize| u32::from_ne_bytes(record[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+            let (tid, pid, flags) = (word(0) as i32, word(1) as i32, word(2));
+            if flags & SCAN_IN_MODULE != 0 {
+                inside.push((pid, tid));
+            } else if flags & SCAN_UNREADABLE != 0 {
+                unreadable.push((pid, tid));
+            }
+        }
+        Ok((inside, unreadable))
+    }
+
+    /// Tasks whose stacks hold a frame of the module, and tasks whose stacks
+    /// cannot be read now: from the task iterator, or from every `/proc`
+    /// stack where the iterator is not available.
+    fn tasks_to_check(&mut self) -> Result<(Vec<TaskId>, Vec<TaskId>), Error> {
+        if self.task_scan {
+            return self.scan_tasks();
+        }
+        let (inside, unknown) = stacks::scan_module(&self.module)?;
+        Ok((inside.into_keys().collect(), unknown))
     }
 
     /// A thread on a CPU cannot have its stack read, but a timer tick that
@@ -395,9 +486,10 @@ impl ModuleWatch {
     /// frames come from their stacks. A stack that cannot be read yet is
     /// `unresolved` until it can.
     fn seed(&mut self) -> Result<(), Error> {
-        let (inside, unknown) = stacks::scan_module(&self.module)?;
-        self.unresolved.extend(unknown);
-        for task in inside.into_keys() {
+        let (inside, unknown) = self.tasks_to_check()?;
+        // Each read again on its own `/proc` stack: still unreadable, it
+        // stays unresolved; gone, it is forgotten.
+        for task in inside.into_iter().chain(unknown) {
             self.resolve(task);
         }
         Ok(())
@@ -506,9 +598,9 @@ impl ModuleWatch {
     /// function of the module has no more frames than the counters hold for
     /// that thread (probe-tracked plus seeded). A thread whose stack shows
     /// frames the counters do not know vetoes quiescence.
-    pub fn confirmed_by_stacks(&self) -> Result<bool, Error> {
-        let (inside, _running) = stacks::scan_module(&self.module)?;
-        for task in inside.into_keys() {
+    pub fn confirmed_by_stacks(&mut self) -> Result<bool, Error> {
+        let (inside, _running) = self.tasks_to_check()?;
+        for task in inside {
             let untracked = match self.untracked_frames(task) {
                 Untracked::Gone => continue,
                 Untracked::Unknown => return Ok(false),

@@ -5,6 +5,7 @@
 //! functions, seeds the count from kernel stacks for threads that were
 //! already inside, and produces [`snapshot::Snapshot`]s.
 
+pub mod btf;
 pub mod control;
 pub mod counters;
 mod error;

@@ -102,6 +102,16 @@ kill -INT $fio
 wait $fio || true
 umount /mnt
 fsck.ext4 -fn /dev/lswloop0 > /dev/null
+# Idle swaps with more and more idle threads in the system: the blackout
+# must not grow with the task count.
+v=1; started=0
+for extra in 0 250 2000; do
+    while [ $started -lt $extra ]; do sleep 1000 & started=$((started + 1)); done
+    for i in 1 2 3 4 5 6; do
+        if [ $v = 1 ]; then v=2; else v=1; fi
+        echo "SCALE $extra $(loopswap swap lswloop0 --to lswloop_v$v --keep-old --json)"
+    done
+done
 "#,
         setup = vm::LSWLOOP_SETUP
     )
@@ -111,8 +121,26 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     if swaps == 0 {
         bail!("--swaps 0: measure at least one swap");
     }
-    let outcome = vm::run(&vm::VmRequest::new(swap_script(swaps)))?;
+    let mut request = vm::VmRequest::new(swap_script(swaps));
+    request.timeout = std::time::Duration::from_secs(600 + 30 * u64::from(swaps));
+    let outcome = vm::run(&request)?;
     outcome.check()?;
+    let mut scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for line in outcome.output.lines() {
+        let Some(rest) = line.strip_prefix("SCALE ") else {
+            continue;
+        };
+        let (extra, json) = rest.split_once(' ').context("a SCALE line")?;
+        let report: serde_json::Value = serde_json::from_str(json).context("a swap report")?;
+        let instance = &report["instances"][0];
+        if instance["committed"] != true {
+            bail!("an idle swap did not commit: {report}");
+        }
+        scaling
+            .entry(extra.parse().context("extra threads")?)
+            .or_default()
+            .push(instance["blackout_us"].as_f64().context("blackout_us")?);
+    }
     let mut blackouts = Vec::new();
     let mut held = Vec::new();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -150,9 +178,32 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     );
     println!("calls held at the gate per swap: median {:.0}", median(&mut held));
     println!("{:<14} {:>12}", "phase", "median ms");
+    let mut phase_medians = BTreeMap::new();
     for (name, mut values) in phases {
-        println!("{name:<14} {:>12.3}", median(&mut values) / 1000.0);
+        let value = median(&mut values) / 1000.0;
+        println!("{name:<14} {value:>12.3}");
+        phase_medians.insert(name, value);
     }
+    println!("\nidle swaps, blackout median against extra idle threads (6 swaps each)");
+    println!("{:<14} {:>12} {:>10}", "extra threads", "median us", "vs 0");
+    let mut scale_medians = BTreeMap::new();
+    for (extra, values) in &mut scaling {
+        scale_medians.insert(*extra, median(values));
+    }
+    let base = scale_medians.get(&0).copied().unwrap_or(f64::NAN);
+    for (extra, value) in &scale_medians {
+        println!("{extra:<14} {value:>12.0} {:>9.2}x", value / base);
+    }
+    let json = serde_json::json!({
+        "swaps": swaps,
+        "blackout_us": { "median": median(&mut blackouts), "max": max },
+        "phase_median_ms": phase_medians,
+        "idle_blackout_median_us_by_extra_threads": scale_medians,
+    });
+    let path = xtask::paths::target().join("bench").join("swap.json");
+    std::fs::create_dir_all(path.parent().context("a folder")?)?;
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("written to {}", path.display());
     Ok(())
 }
 
@@ -189,7 +240,7 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
     println!("{:<44} {:>14} {:>10}", "configuration", "calls/s", "vs none");
     for (mode, label) in [
         ("none", "no probes"),
-        ("loopswap", "loopswap watch (kprobe+kretprobe, counting)"),
+        ("loopswap", "loopswap watch (kprobe.multi pair, counting)"),
         ("kprobe-pair", "plain kprobe+kretprobe (empty programs)"),
     ] {
         let rate = median(

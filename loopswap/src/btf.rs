@@ -1,0 +1,131 @@
+//! Member offsets of a kernel struct, from the kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`): the task scan reads `task_struct.pid` and
+//! `.tgid` with `bpf_probe_read_kernel`, and aya 0.14 has no CO-RE field
+//! relocation for Rust programs (nor a public BTF type API) to do it for us.
+//! The format: a header, then type records, each followed by data whose
+//! size depends on its kind (see the kernel's Documentation/bpf/btf.rst).
+
+use std::collections::HashMap;
+
+use crate::Error;
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+
+fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn string_at(strings: &[u8], offset: u32) -> Option<&str> {
+    let rest = strings.get(offset as usize..)?;
+    let end = rest.iter().position(|byte| *byte == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// Bytes of kind-specific data after a type record of `kind` with `vlen`.
+fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        1 => 4,             // INT
+        3 => 12,            // ARRAY
+        4 | 5 => 12 * vlen, // STRUCT, UNION: members
+        6 => 8 * vlen,      // ENUM
+        13 => 8 * vlen,     // FUNC_PROTO: params
+        14 => 4,            // VAR
+        15 => 12 * vlen,    // DATASEC
+        17 => 4,            // DECL_TAG
+        19 => 12 * vlen,    // ENUM64
+        2 | 7..=12 | 16 | 18 => 0,
+        _ => return None,
+    })
+}
+
+/// Byte offsets of `members` of the first struct named `name` in `btf`.
+pub fn member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMap<String, u64>> {
+    if u16::from_le_bytes(btf.get(0..2)?.try_into().ok()?) != MAGIC {
+        return None;
+    }
+    let header_len = u32_at(btf, 4)? as usize;
+    let (type_off, type_len) = (u32_at(btf, 8)? as usize, u32_at(btf, 12)? as usize);
+    let (str_off, str_len) = (u32_at(btf, 16)? as usize, u32_at(btf, 20)? as usize);
+    let types = btf.get(header_len + type_off..header_len + type_off + type_len)?;
+    let strings = btf.get(header_len + str_off..header_len + str_off + str_len)?;
+    let mut at = 0;
+    while at + 12 <= types.len() {
+        let (name_off, info) = (u32_at(types, at)?, u32_at(types, at + 4)?);
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        let kind_flag = info >> 31 == 1;
+        let body = at + 12;
+        if kind == KIND_STRUCT && string_at(strings, name_off) == Some(name) {
+            let mut found = HashMap::new();
+            for member in 0..vlen {
+                let record = body + 12 * member;
+                let member_name = string_at(strings, u32_at(types, record)?)?;
+                let bits = u32_at(types, record + 8)?;
+                // With kind_flag the low 24 bits are the bit offset.
+                let bits = if kind_flag { bits & 0x00ff_ffff } else { bits };
+                if members.contains(&member_name) && bits % 8 == 0 {
+                    found.insert(member_name.to_owned(), u64::from(bits / 8));
+                }
+            }
+            return (found.len() == members.len()).then_some(found);
+        }
+        at = body + extra_bytes(kind, vlen)?;
+    }
+    None
+}
+
+/// Offsets of `task_struct.pid` and `task_struct.tgid` in the running kernel.
+pub fn task_pid_offsets() -> Result<(u64, u64), Error> {
+    const PATH: &str = "/sys/kernel/btf/vmlinux";
+    let btf = std::fs::read(PATH).map_err(|cause| Error::Io {
+        path: PATH.into(),
+        cause,
+    })?;
+    let offsets = member_offsets(&btf, "task_struct", &["pid", "tgid"]).ok_or_else(|| Error::Io {
+        path: PATH.into(),
+        cause: std::io::Error::other("no struct task_struct with pid and tgid in the kernel's BTF"),
+    })?;
+    Ok((offsets["pid"], offsets["tgid"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob: an INT, then struct task_struct { int state; int pid; int tgid; }.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0int\0task_struct\0state\0pid\0tgid\0";
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
+        push(&[1, 1 << 24, 4, 32]); // INT "int", size 4, 32 bits
+        push(&[5, (KIND_STRUCT << 24) | 3, 12]); // STRUCT "task_struct", 3 members
+        push(&[17, 1, 0]); // state at bit 0
+        push(&[23, 1, 32]); // pid at bit 32
+        push(&[27, 1, 64]); // tgid at bit 64
+        let mut blob = Vec::new();
+        blob.extend(MAGIC.to_le_bytes());
+        blob.extend([1u8, 0]);
+        for word in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend(word.to_le_bytes());
+        }
+        blob.extend(&types);
+        blob.extend(strings);
+        blob
+    }
+
+    #[test]
+    fn struct_member_offsets_are_found_past_other_types() {
+        let offsets = member_offsets(&sample(), "task_struct", &["pid", "tgid"]).unwrap();
+        assert_eq!(offsets["pid"], 4);
+        assert_eq!(offsets["tgid"], 8);
+        assert!(member_offsets(&sample(), "task_struct", &["nope"]).is_none());
+        assert!(member_offsets(b"garbage", "task_struct", &["pid"]).is_none());
+    }
+}

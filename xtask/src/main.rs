@@ -52,6 +52,9 @@ enum Task {
     },
     /// The test suite: host unit tests, then the VM tests (tests/).
     Test,
+    /// Man pages and bash/zsh/fish completions, generated from loopswap's
+    /// option definitions, into target/share/{man1,completions}.
+    Man,
     /// Many v1<->v2 swaps under load (ext4 and raw fio with verification,
     /// idle devices with known data) with faults injected at random phases:
     /// controller SIGKILL and SIGSTOP, failing transformer, failing
@@ -114,6 +117,15 @@ fn run_task(task: Task) -> anyhow::Result<()> {
         Task::Bench { which } => {
             build::all()?;
             bench::run(which)
+        }
+        Task::Man => {
+            setup::ensure_all()?;
+            build::loopswap()?;
+            let out = paths::target().join("share");
+            run(Command::new(paths::loopswap_binary())
+                .arg("generate")
+                .arg("--out")
+                .arg(&out))
         }
         Task::Soak { swaps, devices, seed } => {
             build::all()?;

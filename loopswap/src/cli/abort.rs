@@ -6,6 +6,7 @@ use loopswap::control::Control;
 /// controller that is stopped or hung (the core also aborts by itself when
 /// the swap's deadline passes).
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  loopswap abort lswloop0")]
 pub struct AbortArgs {
     /// The instance, by name (lswloop0) or id (see `loopswap status`).
     pub instance: String,

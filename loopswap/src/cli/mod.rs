@@ -2,6 +2,7 @@
 
 mod abort;
 mod bench_probe;
+mod generate;
 mod status;
 mod swap;
 mod watch;
@@ -31,7 +32,13 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 /// Replace a running kernel module without stopping the devices it serves.
 #[derive(Debug, Parser)]
-#[command(name = "loopswap", version, about, long_about = None)]
+#[command(
+    name = "loopswap",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  loopswap watch --once lswloop_v1\n  loopswap swap lswloop0 --to /modules/lswloop_v2.ko\n  loopswap status"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -49,6 +56,8 @@ pub enum Command {
     Abort(abort::AbortArgs),
     #[command(hide = true)]
     BenchProbe(bench_probe::BenchProbeArgs),
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 impl Command {
@@ -59,6 +68,7 @@ impl Command {
             Command::Status(args) => args.execute(),
             Command::Abort(args) => args.execute(),
             Command::BenchProbe(args) => args.execute(),
+            Command::Generate(args) => args.execute(),
         }
     }
 }

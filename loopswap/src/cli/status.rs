@@ -5,6 +5,7 @@ use loopswap::control::Control;
 /// version), instances with the implementation serving each, and any swap
 /// in progress.
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  loopswap status --json")]
 pub struct StatusArgs {
     /// Print one JSON object.
     #[arg(long)]

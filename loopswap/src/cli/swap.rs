@@ -14,6 +14,9 @@ use loopswap::swap::{self, SwapOptions, Target};
 /// old implementation resumes with its state untouched, and the report names
 /// the functions and threads that held quiescence up.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  loopswap swap lswloop0 --to /modules/lswloop_v2.ko\n  loopswap swap --all --to lswloop_v1 --timeout 2s --json"
+)]
 pub struct SwapArgs {
     /// Instances to swap, by name (lswloop0) or id (see `loopswap status`).
     pub instances: Vec<String>,

@@ -16,6 +16,9 @@ use tokio::signal::unix::{SignalKind, signal};
 /// since attach (running on a CPU) are listed as unknown, never counted as
 /// outside. Detaches on Ctrl-C or SIGTERM.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  loopswap watch lswloop_v1                 # live table, Ctrl-C detaches\n  loopswap watch --once --json lswloop_v1   # one snapshot as JSON"
+)]
 pub struct WatchArgs {
     /// The module to watch, as named in /proc/modules (e.g. lsw_fixture).
     pub module: String,

@@ -58,7 +58,10 @@ mod tests {
         assert!(page.contains("timeout"), "{page}");
         let bash = fs::read_to_string(out.join("completions/loopswap.bash")).unwrap();
         assert!(bash.contains("--keep-old") && bash.contains("--exported-only"));
-        assert!(!out.join("man1/loopswap-generate.1").exists(), "hidden commands get no page");
+        assert!(
+            !out.join("man1/loopswap-generate.1").exists(),
+            "hidden commands get no page"
+        );
         fs::remove_dir_all(out).unwrap();
     }
 }

@@ -186,7 +186,7 @@ fn config(slot: u32) -> u64 {
 /// userspace reads `/proc` stacks of those few tasks only, not of all.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
-pub extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
+extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
     // SAFETY: the iterator's context is (meta, task), both kernel pointers
     // the verifier types from the attach point's BTF.
     let (meta, task) = unsafe { (*ctx as *const IterMeta, *ctx.add(1) as *mut task_struct) };

@@ -66,6 +66,9 @@ pub enum Error {
     ModuleLoad { path: PathBuf, cause: std::io::Error },
     #[error("{0}")]
     Usage(String),
+    /// The host lacks a facility loopswap needs.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     SwapFailed(String),
     #[error("{}: {cause}", path.display())]

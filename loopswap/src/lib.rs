@@ -8,6 +8,7 @@
 pub mod btf;
 pub mod control;
 pub mod counters;
+pub mod doctor;
 mod error;
 pub mod kallsyms;
 pub mod kmod;

@@ -285,3 +285,55 @@ echo '== end'
     assert!(swap[1].contains("tracefs is not mounted"), "{swap:?}");
     assert_eq!(section(out, "modules"), ["lswloop_v1"], "{out}");
 }
+
+#[test]
+fn doctor_finds_the_guest_ready_and_names_what_is_not_loaded() {
+    let outcome = run_ok(
+        "set +e
+loopswap doctor > /tmp/before.txt; echo \"status=$?\" >> /tmp/before.txt
+insmod /modules/lsw_core.ko
+loopswap doctor --json > /tmp/after.json; echo \"status=$?\" >> /tmp/after.json
+echo '== before'; cat /tmp/before.txt
+echo '== after'; cat /tmp/after.json
+echo '== end'
+",
+    );
+    let out = &outcome.output;
+    let before = section(out, "before");
+    assert_eq!(before.last(), Some(&"status=0"), "{out}");
+    // Everything the guest kernel has is found; only the swap core is not
+    // loaded yet, which is a warning with its fix.
+    for name in [
+        "kprobes",
+        "kretprobes",
+        "kprobe.multi",
+        "task-iterator",
+        "btf",
+        "tracefs",
+        "modules",
+    ] {
+        assert!(
+            before
+                .iter()
+                .any(|line| line.starts_with("ok") && line.split_whitespace().nth(1) == Some(name)),
+            "{name}: {before:?}"
+        );
+    }
+    assert!(
+        before.iter().any(|line| line.starts_with("warn")
+            && line.contains("swap-core")
+            && line.contains("insmod lsw_core.ko")),
+        "{before:?}"
+    );
+    let after = tests::json_in(out, "after");
+    assert_eq!(after["ready"], true, "{after}");
+    assert!(
+        after["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|check| check["verdict"] == "ok"),
+        "{after}"
+    );
+    assert_eq!(section(out, "after").last(), Some(&"status=0"));
+}

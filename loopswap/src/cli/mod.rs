@@ -2,6 +2,7 @@
 
 mod abort;
 mod bench_probe;
+mod doctor;
 mod generate;
 mod status;
 mod swap;
@@ -54,6 +55,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Force-abort the swap in progress on an instance (any controller's).
     Abort(abort::AbortArgs),
+    /// Check what this host offers of what loopswap needs, with fixes.
+    Doctor(doctor::DoctorArgs),
     #[command(hide = true)]
     BenchProbe(bench_probe::BenchProbeArgs),
     #[command(hide = true)]
@@ -67,6 +70,7 @@ impl Command {
             Command::Swap(args) => args.execute(),
             Command::Status(args) => args.execute(),
             Command::Abort(args) => args.execute(),
+            Command::Doctor(args) => args.execute(),
             Command::BenchProbe(args) => args.execute(),
             Command::Generate(args) => args.execute(),
         }

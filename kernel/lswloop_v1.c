@@ -236,3 +236,4 @@ module_init(lswloop_v1_init);
 module_exit(lswloop_v1_exit);
 MODULE_DESCRIPTION("lswloop implementation v1: contiguous mapping, request counters");
 MODULE_LICENSE("GPL");
+LSW_IMPL_INFO(LSWLOOP_CLASS, 1, 1, "1,2");

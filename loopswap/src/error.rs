@@ -66,6 +66,9 @@ pub enum Error {
     ModuleLoad { path: PathBuf, cause: std::io::Error },
     #[error("{0}")]
     Usage(String),
+    /// `check` or `swap --dry-run`: not every swap would be attempted.
+    #[error("{0}")]
+    WouldNotSwap(String),
     /// The host lacks a facility loopswap needs.
     #[error("{0}")]
     Unsupported(String),

@@ -13,6 +13,9 @@ use object::{Object as _, ObjectSection as _};
 
 use crate::Error;
 
+/// What `scripts/sign-file` appends after a module's signature.
+const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
+
 /// Largest `.ko` loopswap reads (Debian's largest module is under 20 MiB).
 pub const MAX_MODULE_FILE: u64 = 64 << 20;
 
@@ -25,6 +28,10 @@ pub struct ModuleFile {
     file: File,
     /// The module name in `.modinfo` (`name=...`).
     pub name: String,
+    /// Every `key=value` of `.modinfo`, in order.
+    pub modinfo: Vec<(String, String)>,
+    /// Whether a module signature is appended to the file.
+    pub signed: bool,
 }
 
 impl ModuleFile {
@@ -69,11 +76,26 @@ impl ModuleFile {
             .ok_or_else(|| bad("no .modinfo section: not a kernel module".into()))?;
         let bytes = modinfo.data().map_err(|_| bad("unreadable .modinfo".into()))?;
         let name = name_from_modinfo(bytes).ok_or_else(|| bad("no name= in .modinfo".into()))?;
+        let modinfo = bytes
+            .split(|byte| *byte == 0)
+            .filter_map(|entry| std::str::from_utf8(entry).ok()?.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
         Ok(Self {
             path: path.to_owned(),
             file,
             name,
+            modinfo,
+            signed: data.ends_with(SIGNATURE_MARKER),
         })
+    }
+
+    /// The first value of `key` in `.modinfo`.
+    pub fn info(&self, key: &str) -> Option<&str> {
+        self.modinfo
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value.as_str())
     }
 
     /// Loads the module from the descriptor that was checked.

@@ -14,6 +14,7 @@ pub mod kallsyms;
 pub mod kmod;
 pub mod kprobe_multi;
 pub mod module;
+pub mod preflight;
 pub mod snapshot;
 pub mod stacks;
 pub mod swap;

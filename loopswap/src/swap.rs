@@ -191,7 +191,7 @@ fn micros(since: Instant) -> u64 {
 }
 
 /// Usage errors that need no look at the system: found before anything.
-fn check_usage(options: &SwapOptions) -> Result<(), Error> {
+pub fn check_usage(options: &SwapOptions) -> Result<(), Error> {
     if options.all && !options.instances.is_empty() {
         return Err(Error::Usage("name instances or give --all, not both".into()));
     }

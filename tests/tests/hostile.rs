@@ -337,3 +337,60 @@ echo '== end'
     );
     assert_eq!(section(out, "after").last(), Some(&"status=0"));
 }
+
+#[test]
+fn check_and_dry_run_tell_whether_a_swap_would_be_attempted_and_change_nothing() {
+    let outcome = run_ok(&format!(
+        "{LSWLOOP_SETUP}
+add disk0 8
+add disk1 8
+set +e
+echo '== check'; loopswap check /modules/lswloop_v2.ko lswloop0; echo \"status=$?\"
+echo '== dry'; loopswap swap --all --to /modules/lswloop_v2.ko --dry-run --json; echo \"status=$?\"
+echo '== unknown'; loopswap check /modules/lswloop_v2.ko lswloop9; echo \"status=$?\"
+echo '== not-swappable'; loopswap check /modules/lsw_fixture.ko lswloop0 2>&1; echo \"status=$?\"
+echo '== modules'; cut -d' ' -f1 /proc/modules | grep -E '^(lswloop_|lsw_fixture)'
+echo '== devices'; cut -d' ' -f1,3 /sys/kernel/lswloop/devices
+echo '== end'
+"
+    ));
+    let out = &outcome.output;
+    let check = section(out, "check");
+    assert_eq!(check.last(), Some(&"status=0"), "{out}");
+    for expected in ["module", "vermagic", "signature", "class", "lswloop0"] {
+        assert!(
+            check
+                .iter()
+                .any(|line| line.starts_with(expected) && line.contains(" ok ")),
+            "{expected}: {check:?}"
+        );
+    }
+    assert!(
+        check.iter().any(|line| line.contains("would be attempted")),
+        "{check:?}"
+    );
+    let dry = tests::json_in(out, "dry");
+    assert_eq!(dry["ready"], true, "{dry}");
+    assert_eq!(dry["instances"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(section(out, "dry").last(), Some(&"status=0"));
+    let unknown = section(out, "unknown");
+    assert!(
+        unknown.iter().any(|line| line.contains("no such instance")),
+        "{unknown:?}"
+    );
+    assert_eq!(unknown.last(), Some(&"status=1"));
+    let fixture = section(out, "not-swappable");
+    assert!(
+        fixture
+            .iter()
+            .any(|line| line.contains("not a swappable implementation")),
+        "{fixture:?}"
+    );
+    assert_eq!(fixture.last(), Some(&"status=1"));
+    // Nothing was loaded, nothing swapped.
+    assert_eq!(section(out, "modules"), ["lswloop_v1"], "{out}");
+    assert_eq!(
+        section(out, "devices"),
+        ["lswloop0 impl=lswloop_v1", "lswloop1 impl=lswloop_v1"]
+    );
+}

@@ -2,6 +2,7 @@
 
 mod abort;
 mod bench_probe;
+mod check;
 mod doctor;
 mod generate;
 mod status;
@@ -55,6 +56,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Force-abort the swap in progress on an instance (any controller's).
     Abort(abort::AbortArgs),
+    /// Tell, changing nothing, whether a swap would be attempted.
+    Check(check::CheckArgs),
     /// Check what this host offers of what loopswap needs, with fixes.
     Doctor(doctor::DoctorArgs),
     #[command(hide = true)]
@@ -71,6 +74,7 @@ impl Command {
             Command::Status(args) => args.execute(),
             Command::Abort(args) => args.execute(),
             Command::Doctor(args) => args.execute(),
+            Command::Check(args) => args.execute(),
             Command::BenchProbe(args) => args.execute(),
             Command::Generate(args) => args.execute(),
         }

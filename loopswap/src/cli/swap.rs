@@ -39,6 +39,11 @@ pub struct SwapArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Change nothing: tell whether each swap would be attempted, as
+    /// `loopswap check` does.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Keep the old module loaded even when nothing uses it any more.
     #[arg(long)]
     pub keep_old: bool,
@@ -59,6 +64,11 @@ impl SwapArgs {
             keep_old: self.keep_old,
             pause_after: self.test_pause_after.clone(),
         };
+        if self.dry_run {
+            // The swap's own usage checks first (e.g. names with --all).
+            loopswap::swap::check_usage(&options)?;
+            return super::check::print(&loopswap::preflight::check(&options)?, self.json);
+        }
         let json = self.json;
         let mut progress = |line: &str| {
             // A reader gone away does not stop a swap; the exit status

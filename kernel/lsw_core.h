@@ -55,7 +55,6 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/srcu.h>
-#include <linux/stringify.h>
 #include <linux/types.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -114,15 +113,11 @@ struct lsw_impl_ops {
 
 /*
  * What `loopswap check` reads from an implementation's .ko without loading
- * it: its class, version, state version and the state versions its
- * transformer imports (a comma-separated list). They must match the
- * struct lsw_impl it registers and its can_import().
+ * it, declared with MODULE_INFO next to MODULE_LICENSE: lsw_class,
+ * lsw_version, lsw_state_version and lsw_imports (the state versions its
+ * transformer imports, comma-separated). They must match the struct
+ * lsw_impl it registers and its can_import(); see lswloop_v1.c.
  */
-#define LSW_IMPL_INFO(class, version, state_version, imports)		\
-	MODULE_INFO(lsw_class, class);					\
-	MODULE_INFO(lsw_version, __stringify(version));			\
-	MODULE_INFO(lsw_state_version, __stringify(state_version));	\
-	MODULE_INFO(lsw_imports, imports)
 
 struct lsw_class {
 	const char *name;

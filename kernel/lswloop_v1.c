@@ -236,4 +236,7 @@ module_init(lswloop_v1_init);
 module_exit(lswloop_v1_exit);
 MODULE_DESCRIPTION("lswloop implementation v1: contiguous mapping, request counters");
 MODULE_LICENSE("GPL");
-LSW_IMPL_INFO(LSWLOOP_CLASS, 1, 1, "1,2");
+MODULE_INFO(lsw_class, LSWLOOP_CLASS);
+MODULE_INFO(lsw_version, "1");
+MODULE_INFO(lsw_state_version, "1");
+MODULE_INFO(lsw_imports, "1,2");

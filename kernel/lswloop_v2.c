@@ -342,4 +342,7 @@ module_init(lswloop_v2_init);
 module_exit(lswloop_v2_exit);
 MODULE_DESCRIPTION("lswloop implementation v2: extent map, I/O statistics, throughput sampler");
 MODULE_LICENSE("GPL");
-LSW_IMPL_INFO(LSWLOOP_CLASS, 2, 2, "1,2");
+MODULE_INFO(lsw_class, LSWLOOP_CLASS);
+MODULE_INFO(lsw_version, "2");
+MODULE_INFO(lsw_state_version, "2");
+MODULE_INFO(lsw_imports, "1,2");

@@ -1,6 +1,6 @@
 //! `loopswap check` and `swap --dry-run`: whether a swap would be
 //! attempted, changing nothing. NEW's facts come from its `.modinfo`
-//! (`LSW_IMPL_INFO` in kernel/lsw_core.h) or, for a registered
+//! (`MODULE_INFO(lsw_...)`, see kernel/lsw_core.h) or, for a registered
 //! implementation, from the core; the instances' from the core.
 
 use serde::Serialize;
@@ -125,7 +125,7 @@ fn module_file_facts(file: &kmod::ModuleFile, state: &CoreState, lines: &mut Vec
         _ => lines.push(line(
             "class",
             false,
-            "no lsw facts in .modinfo (LSW_IMPL_INFO in kernel/lsw_core.h): not a swappable implementation",
+            "no lsw facts in .modinfo (MODULE_INFO lsw_class etc., see kernel/lsw_core.h): not a swappable implementation",
         )),
     }
     New {

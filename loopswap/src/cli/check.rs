@@ -10,7 +10,7 @@ use loopswap::{
 /// would be attempted: NEW's module name, vermagic against the running
 /// kernel, signature against the kernel's policy, class, version, state
 /// version and the state versions it imports (from its .modinfo, see
-/// LSW_IMPL_INFO in kernel/lsw_core.h); then one line per instance, saying
+/// kernel/lsw_core.h); then one line per instance, saying
 /// whether NEW has a transformer from the state it runs. Without instances:
 /// every instance of NEW's class not running it yet. Exit status 0 only if
 /// every swap would be attempted.

@@ -70,7 +70,19 @@ impl WatchArgs {
             max_active: self.max_active,
             attribute_instances: false,
         };
-        let mut watch = ModuleWatch::attach(&self.module, &options)?;
+        // Attaching takes seconds (symbols, BTF, BPF loads, stack seeding):
+        // on a terminal, a spinner says so.
+        let spinner = std::io::stderr().is_terminal().then(|| {
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_message(format!("attaching to {}", self.module));
+            spinner.enable_steady_tick(Duration::from_millis(100));
+            spinner
+        });
+        let attached = ModuleWatch::attach(&self.module, &options);
+        if let Some(spinner) = spinner {
+            spinner.finish_and_clear();
+        }
+        let mut watch = attached?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -91,7 +91,20 @@ pub const SCAN_TEXT_START: u32 = 0;
 pub const SCAN_TEXT_END: u32 = 1;
 pub const SCAN_PID_OFFSET: u32 = 2;
 pub const SCAN_TGID_OFFSET: u32 = 3;
-pub const SCAN_CONFIG_SLOTS: u32 = 4;
+/// Offsets of `task_struct.nvcsw`, `.nivcsw`, `.__state` and `.on_cpu`
+/// (see `SCAN_START_TIME_OFFSET` too).
+pub const SCAN_NVCSW_OFFSET: u32 = 4;
+pub const SCAN_NIVCSW_OFFSET: u32 = 5;
+pub const SCAN_STATE_OFFSET: u32 = 6;
+pub const SCAN_ON_CPU_OFFSET: u32 = 7;
+/// Non-zero: skip tasks that have not run since a scan found them clean.
+pub const SCAN_SKIP_ENABLED: u32 = 8;
+/// Offset of `task_struct.start_time`.
+pub const SCAN_START_TIME_OFFSET: u32 = 9;
+pub const SCAN_CONFIG_SLOTS: u32 = 10;
+
+/// Most tasks remembered as clean by the task scan (more are unwound each time).
+pub const SCAN_MAX_CLEAN: u32 = 65536;
 
 /// [`ScanRecord::flags`]: a return address in the module's text range.
 pub const SCAN_IN_MODULE: u32 = 1;

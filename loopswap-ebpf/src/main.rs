@@ -21,8 +21,9 @@ use aya_ebpf::{
 use loopswap_common::{
     FUNCTION_INSTANCE_ENTRY, FunctionInfo, IDLE_TID_FLAG, InflightKey, InflightValue, MAX_FUNCTIONS,
     MAX_INFLIGHT_ENTRIES, MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, SCAN_CONFIG_SLOTS,
-    SCAN_IN_MODULE, SCAN_MAX_FRAMES, SCAN_PID_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
-    SCAN_UNREADABLE, ScanRecord, event,
+    SCAN_IN_MODULE, SCAN_MAX_CLEAN, SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET,
+    SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET,
+    SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord, event,
 };
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
@@ -165,6 +166,12 @@ pub fn lsw_tick(ctx: ProbeContext) -> u32 {
 #[map]
 static SCAN_CONFIG: Array<u64> = Array::with_max_entries(SCAN_CONFIG_SLOTS, 0);
 
+/// Tasks found clean (no frame of the module, stack readable, not running)
+/// by a scan → [their context-switch count then, their start time] (the
+/// start time tells a task from a later one that reuses its id).
+#[map]
+static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_CLEAN, 0);
+
 /// One task's kernel stack, as `bpf_get_task_stack` writes it.
 #[map]
 static SCAN_STACK: PerCpuArray<[u64; SCAN_MAX_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
@@ -193,6 +200,48 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
     if task.is_null() {
         return 0;
     }
+    // The verifier forbids variable offsets on a typed task pointer: read
+    // the pointer's value as a plain number, and fields through it.
+    // SAFETY: bpf_probe_read_kernel checks every address.
+    let address: u64 = unsafe { bpf_probe_read_kernel(ctx.add(1)) }.unwrap_or(0);
+    let read = |slot: u32| -> Option<u32> {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel((address + config(slot)) as *const u32) }.ok()
+    };
+    let read_long = |slot: u32| -> Option<u64> {
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel((address + config(slot)) as *const u64) }.ok()
+    };
+    let tid = read(SCAN_PID_OFFSET).unwrap_or(0);
+    // A task that is not running and has not been switched out since a
+    // scan found no frame of the module on its stack has not run since:
+    // its stack is the one that scan unwound. Every switch away from a
+    // task counts in nvcsw or nivcsw; a task that ran and is not running
+    // now was switched away.
+    let switches = if config(SCAN_SKIP_ENABLED) != 0 {
+        match (
+            read_long(SCAN_NVCSW_OFFSET),
+            read_long(SCAN_NIVCSW_OFFSET),
+            read(SCAN_STATE_OFFSET),
+            read(SCAN_ON_CPU_OFFSET),
+            read_long(SCAN_START_TIME_OFFSET),
+        ) {
+            (Some(voluntary), Some(involuntary), Some(state), Some(on_cpu), Some(start))
+                if state != 0 && on_cpu == 0 =>
+            {
+                Some([voluntary.wrapping_add(involuntary), start])
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    if let Some(switches) = switches {
+        // SAFETY: a plain lookup of a u32 key.
+        if unsafe { SCAN_CLEAN.get(tid) }.is_some_and(|seen| *seen == switches) {
+            return 0;
+        }
+    }
     let Some(stack) = SCAN_STACK.get_ptr_mut(0) else {
         return 0;
     };
@@ -216,20 +265,22 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
             }
         }
     }
+    match switches {
+        // Clean and still: skip it next time unless it runs meanwhile. A
+        // full map only means it is unwound again.
+        Some(switches) if flags == 0 => {
+            let _ = SCAN_CLEAN.insert(tid, switches, 0);
+        }
+        _ => {
+            let _ = SCAN_CLEAN.remove(tid);
+        }
+    }
     if flags == 0 {
         return 0;
     }
-    // The verifier forbids variable offsets on a typed task pointer: read
-    // the pointer's value as a plain number, and the ids through it.
-    // SAFETY: bpf_probe_read_kernel checks every address.
-    let address: u64 = unsafe { bpf_probe_read_kernel(ctx.add(1)) }.unwrap_or(0);
-    let read = |offset: u64| -> u32 {
-        // SAFETY: as above.
-        unsafe { bpf_probe_read_kernel((address + offset) as *const u32) }.unwrap_or(0)
-    };
     let record = ScanRecord {
-        tid: read(config(SCAN_PID_OFFSET)),
-        pid: read(config(SCAN_TGID_OFFSET)),
+        tid,
+        pid: read(SCAN_TGID_OFFSET).unwrap_or(0),
         flags,
         pad: 0,
     };

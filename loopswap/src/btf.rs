@@ -75,18 +75,21 @@ pub fn member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMa
     None
 }
 
-/// Offsets of `task_struct.pid` and `task_struct.tgid` in the running kernel.
-pub fn task_pid_offsets() -> Result<(u64, u64), Error> {
+/// Offsets of `task_struct` members in the running kernel, by name; those
+/// it does not have are missing from the map.
+pub fn task_offsets(members: &[&str]) -> Result<HashMap<String, u64>, Error> {
     const PATH: &str = "/sys/kernel/btf/vmlinux";
     let btf = std::fs::read(PATH).map_err(|cause| Error::Io {
         path: PATH.into(),
         cause,
     })?;
-    let offsets = member_offsets(&btf, "task_struct", &["pid", "tgid"]).ok_or_else(|| Error::Io {
-        path: PATH.into(),
-        cause: std::io::Error::other("no struct task_struct with pid and tgid in the kernel's BTF"),
-    })?;
-    Ok((offsets["pid"], offsets["tgid"]))
+    let mut found = HashMap::new();
+    for member in members {
+        if let Some(offsets) = member_offsets(&btf, "task_struct", &[member]) {
+            found.extend(offsets);
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

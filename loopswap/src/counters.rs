@@ -19,8 +19,9 @@ use aya::{
 };
 use loopswap_common::{
     FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTIONS, MIXED_INSTANCES,
-    NO_INSTANCE, SCAN_IN_MODULE, SCAN_PID_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
-    SCAN_UNREADABLE, ScanRecord, TICK_FUNCTION, event,
+    NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
+    SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
+    SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord, TICK_FUNCTION, event,
 };
 
 use crate::{
@@ -246,15 +247,51 @@ impl ModuleWatch {
         btf: &aya::Btf,
         config: &mut aya::maps::Array<MapData, u64>,
     ) -> Result<(), Error> {
-        let (pid, tgid) = crate::btf::task_pid_offsets()?;
+        let offsets = crate::btf::task_offsets(&[
+            "pid",
+            "tgid",
+            "nvcsw",
+            "nivcsw",
+            "__state",
+            "on_cpu",
+            "start_time",
+        ])?;
+        let (Some(pid), Some(tgid)) = (offsets.get("pid"), offsets.get("tgid")) else {
+            return Err(Error::Io {
+                path: "/sys/kernel/btf/vmlinux".into(),
+                cause: std::io::Error::other("no task_struct.pid and .tgid in the kernel's BTF"),
+            });
+        };
         let start = self.functions.iter().map(|f| f.address).min().unwrap_or(0);
         let end = self.functions.iter().map(|f| f.address).max().unwrap_or(0) + 64 * 1024;
-        for (slot, value) in [
+        let mut slots = vec![
             (SCAN_TEXT_START, start),
             (SCAN_TEXT_END, end),
-            (SCAN_PID_OFFSET, pid),
-            (SCAN_TGID_OFFSET, tgid),
-        ] {
+            (SCAN_PID_OFFSET, *pid),
+            (SCAN_TGID_OFFSET, *tgid),
+        ];
+        // Skipping tasks that have not run needs all five; without them
+        // every task is unwound on every scan.
+        let still =
+            ["nvcsw", "nivcsw", "__state", "on_cpu", "start_time"].map(|name| offsets.get(name).copied());
+        if let [
+            Some(nvcsw),
+            Some(nivcsw),
+            Some(state),
+            Some(on_cpu),
+            Some(start_time),
+        ] = still
+        {
+            slots.extend([
+                (SCAN_NVCSW_OFFSET, nvcsw),
+                (SCAN_NIVCSW_OFFSET, nivcsw),
+                (SCAN_STATE_OFFSET, state),
+                (SCAN_ON_CPU_OFFSET, on_cpu),
+                (SCAN_START_TIME_OFFSET, start_time),
+                (SCAN_SKIP_ENABLED, 1),
+            ]);
+        }
+        for (slot, value) in slots {
             config.set(slot, value, 0)?;
         }
         let program: &mut aya::programs::Iter = self

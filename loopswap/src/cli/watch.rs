@@ -71,8 +71,11 @@ impl WatchArgs {
             attribute_instances: false,
         };
         // Attaching takes seconds (symbols, BTF, BPF loads, stack seeding):
-        // on a terminal, a spinner says so.
-        let spinner = std::io::stderr().is_terminal().then(|| {
+        // in the live view on a terminal, a spinner says so (never in
+        // output meant for a program: --json, --once, a pipe).
+        let interactive =
+            !self.json && !self.once && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let spinner = interactive.then(|| {
             let spinner = indicatif::ProgressBar::new_spinner();
             spinner.set_message(format!("attaching to {}", self.module));
             spinner.enable_steady_tick(Duration::from_millis(100));

@@ -262,8 +262,23 @@ impl ModuleWatch {
                 cause: std::io::Error::other("no task_struct.pid and .tgid in the kernel's BTF"),
             });
         };
-        let start = self.functions.iter().map(|f| f.address).min().unwrap_or(0);
-        let end = self.functions.iter().map(|f| f.address).max().unwrap_or(0) + 64 * 1024;
+        if !in_initial_pid_namespace() {
+            return Err(Error::Io {
+                path: "/proc/self/status".into(),
+                cause: std::io::Error::other(
+                    "a nested pid namespace: the task scan's ids would not match /proc",
+                ),
+            });
+        }
+        // Every address that could be the module's: its symbols and its
+        // memory. Wider is harmless (a task found is then checked on its
+        // /proc stack by name and module).
+        let mut start = self.functions.iter().map(|f| f.address).min().unwrap_or(0);
+        let mut end = self.functions.iter().map(|f| f.address).max().unwrap_or(0) + 64 * 1024;
+        if let Some((base, size)) = module_memory(&self.module) {
+            start = start.min(base);
+            end = end.max(base + size);
+        }
         let mut slots = vec![
             (SCAN_TEXT_START, start),
             (SCAN_TEXT_END, end),
@@ -364,6 +379,19 @@ impl ModuleWatch {
     /// kprobe.multi links on every function: returns first, for the reason
     /// `attach_all` gives.
     fn attach_multi(&mut self, maps: &[(String, std::os::fd::RawFd)]) -> Result<(), Error> {
+        // Before 6.7 a kprobe.multi link reports no misses (neither returns
+        // lost past fprobe's pool nor skipped runs): a count could be wrong
+        // without anyone knowing. Those kernels get the tracefs probes.
+        let kernel = kernel_version();
+        if kernel < (6, 7) {
+            return Err(Error::Io {
+                path: "kprobe.multi".into(),
+                cause: std::io::Error::other(format!(
+                    "Linux {}.{} reports no kprobe.multi misses (6.7 does)",
+                    kernel.0, kernel.1
+                )),
+            });
+        }
         // The exit function is not ftrace-able (and runs only while the
         // module unloads): left out, it stays listed as not probed.
         let (exits, probed): (Vec<&Function>, Vec<&Function>) = self
@@ -385,7 +413,14 @@ impl ModuleWatch {
         .unwrap_or(1)
         .max(1);
         let per_copy = addresses.len() * cpus * 2;
-        let copies = (self.max_active as usize).div_ceil(per_copy.max(1)).max(1);
+        // From 6.14 fprobe runs on the function graph tracer: no pool to
+        // grow, and a repeated address would run the return program once
+        // per copy. Only the rethook-based fprobe (before 6.14) is padded.
+        let copies = if kernel < (6, 14) {
+            (self.max_active as usize).div_ceil(per_copy.max(1)).max(1)
+        } else {
+            1
+        };
         let padded: Vec<u64> = addresses
             .iter()
             .copied()
@@ -636,10 +671,14 @@ impl ModuleWatch {
     /// that thread (probe-tracked plus seeded). A thread whose stack shows
     /// frames the counters do not know vetoes quiescence.
     pub fn confirmed_by_stacks(&mut self) -> Result<bool, Error> {
-        let (inside, _running) = self.tasks_to_check()?;
-        for task in inside {
+        let (inside, unreadable) = self.tasks_to_check()?;
+        // A stack the scan could not unwind is read again from /proc (with
+        // retries): one still on a CPU stays unread, as before.
+        let unreadable = unreadable.into_iter().map(|task| (task, false));
+        for (task, found_inside) in inside.into_iter().map(|task| (task, true)).chain(unreadable) {
             let untracked = match self.untracked_frames(task) {
                 Untracked::Gone => continue,
+                Untracked::Unknown if !found_inside => continue,
                 Untracked::Unknown => return Ok(false),
                 Untracked::Frames(frames) => frames,
             };
@@ -834,6 +873,46 @@ fn ensure_file_descriptors(module: &str, functions: usize) -> Result<(), Error> 
         module: module.to_owned(),
         needed,
         limit: hard,
+    })
+}
+
+/// The running kernel's (major, minor).
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .filter_map(|part| part.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether this process sees pids as the kernel does: the task iterator
+/// reports init-namespace ids, which /proc of a nested pid namespace
+/// would not know.
+fn in_initial_pid_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("NSpid:"))
+                .map(|ids| ids.split_whitespace().count() == 1)
+        })
+        .unwrap_or(false)
+}
+
+/// The module's memory as /proc/modules gives it (base, size), which
+/// covers every text section of a live module.
+fn module_memory(module: &str) -> Option<(u64, u64)> {
+    let modules = std::fs::read_to_string("/proc/modules").ok()?;
+    modules.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first() != Some(&module) {
+            return None;
+        }
+        let size = fields.get(1)?.parse().ok()?;
+        let base = u64::from_str_radix(fields.get(5)?.trim_start_matches("0x"), 16).ok()?;
+        Some((base, size))
     })
 }
 

@@ -83,14 +83,21 @@ pub fn run() -> Vec<Check> {
             .filter_map(|part| part.parse::<u32>().ok());
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
     };
-    checks.push(if (major, minor) >= (5, 18) {
+    checks.push(if (major, minor) >= (6, 7) {
         check("kernel", Ok, format!("Linux {release}"), None)
+    } else if (major, minor) >= (5, 15) {
+        check(
+            "kernel",
+            Warn,
+            format!("Linux {release}"),
+            Some("Linux 6.7 or later reports kprobe.multi misses; before it loopswap uses one tracefs kprobe pair per function"),
+        )
     } else {
         check(
             "kernel",
             Missing,
             format!("Linux {release}"),
-            Some("Linux 5.18 or later (kprobe.multi, task iterators with bpf_get_task_stack)"),
+            Some("Linux 5.15 or later (bpf_get_func_ip in kprobe programs)"),
         )
     });
 
@@ -210,14 +217,41 @@ pub fn run() -> Vec<Check> {
 
     checks.push(match read("/sys/kernel/security/lockdown") {
         Some(modes) if modes.contains("[none]") => check("lockdown", Ok, "lockdown: none", None),
+        // Integrity refuses unsigned modules; kprobes, tracefs and BPF
+        // reads of kernel memory are refused only by confidentiality.
+        Some(modes) if modes.contains("[integrity]") => check(
+            "lockdown",
+            Warn,
+            format!("lockdown: {modes}"),
+            Some("integrity mode refuses unsigned modules: sign NEW with a key the kernel trusts"),
+        ),
         Some(modes) => check(
             "lockdown",
             Missing,
             format!("lockdown: {modes}"),
-            Some("kernel lockdown forbids kprobes and reading kernel memory from BPF: boot with lockdown=none (or without Secure Boot's lockdown)"),
+            Some("confidentiality mode forbids kprobes, tracefs and BPF reads of kernel memory: boot with lockdown=none or integrity"),
         ),
         None => check("lockdown", Ok, "no lockdown LSM", None),
     });
+    checks.push(
+        match read("/proc/sys/kernel/perf_event_max_stack").and_then(|v| v.parse::<u32>().ok()) {
+            Some(depth) if depth >= 64 => check(
+                "max_stack",
+                Ok,
+                format!("kernel.perf_event_max_stack = {depth}"),
+                None,
+            ),
+            Some(depth) => check(
+                "max_stack",
+                Warn,
+                format!(
+                    "kernel.perf_event_max_stack = {depth}: the task scan sees fewer frames than /proc (64)"
+                ),
+                Some("sysctl kernel.perf_event_max_stack=127"),
+            ),
+            None => check("max_stack", Warn, "kernel.perf_event_max_stack unreadable", None),
+        },
+    );
 
     checks.push(match read("/proc/sys/kernel/kptr_restrict").as_deref() {
         Some("2") => check(

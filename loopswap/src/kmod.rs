@@ -32,6 +32,8 @@ pub struct ModuleFile {
     pub modinfo: Vec<(String, String)>,
     /// Whether a module signature is appended to the file.
     pub signed: bool,
+    /// Whether it carries symbol versions (`__versions`, CONFIG_MODVERSIONS).
+    pub symbol_versions: bool,
 }
 
 impl ModuleFile {
@@ -87,6 +89,7 @@ impl ModuleFile {
             name,
             modinfo,
             signed: data.ends_with(SIGNATURE_MARKER),
+            symbol_versions: elf.section_by_name("__versions").is_some(),
         })
     }
 

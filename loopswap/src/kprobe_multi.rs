@@ -136,6 +136,13 @@ fn load(object: &[u8], maps: &[(String, RawFd)], program: &str) -> Result<OwnedF
     load.insn_cnt = instructions.len() as u32;
     load.license = c"GPL".as_ptr() as u64;
     load.prog_name = name;
+    // Without a log first (a verbose log that overflows its buffer would
+    // fail a good load); on failure once more with it, to say why.
+    if let Ok(fd) = bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, "BPF_PROG_LOAD (kprobe.multi)") {
+        return Ok(fd);
+    }
+    // SAFETY: writing the prog-load member of the union set up above.
+    let load = unsafe { &mut attr.__bindgen_anon_3 };
     load.log_level = 1;
     load.log_buf = log.as_mut_ptr() as u64;
     load.log_size = log.len() as u32;

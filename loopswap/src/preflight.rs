@@ -80,28 +80,41 @@ fn module_file_facts(file: &kmod::ModuleFile, state: &CoreState, lines: &mut Vec
         .to_owned();
     let vermagic = file.info("vermagic").unwrap_or("");
     let built_for = vermagic.split_whitespace().next().unwrap_or("");
-    lines.push(line(
-        "vermagic",
-        built_for == release,
-        if built_for == release {
-            format!("built for {built_for}, the running kernel")
-        } else {
+    // As the kernel's same_magic(): with symbol versions the release is
+    // not compared (the versions of each symbol are, at load).
+    let (vermagic_ok, says) = if built_for == release {
+        (true, format!("built for {built_for}, the running kernel"))
+    } else if file.symbol_versions {
+        (
+            true,
+            format!(
+                "built for {built_for:?}, running {release}: the kernel compares symbol versions at load"
+            ),
+        )
+    } else {
+        (
+            false,
             format!(
                 "built for {built_for:?}, the running kernel is {release}: the kernel would refuse to load it"
-            )
-        },
-    ));
+            ),
+        )
+    };
+    lines.push(line("vermagic", vermagic_ok, says));
     let enforce = std::fs::read_to_string("/sys/module/module/parameters/sig_enforce")
         .map(|value| value.trim() == "Y")
         .unwrap_or(false);
-    lines.push(match (file.signed, enforce) {
+    // Lockdown (integrity or confidentiality) refuses unsigned modules too.
+    let locked_down = std::fs::read_to_string("/sys/kernel/security/lockdown")
+        .map(|modes| !modes.contains("[none]"))
+        .unwrap_or(false);
+    lines.push(match (file.signed, enforce || locked_down) {
         (true, _) => line("signature", true, "signed (the kernel checks it at load)"),
         (false, true) => line(
             "signature",
             false,
-            "unsigned, and the kernel enforces signatures (module.sig_enforce=Y): sign it with the kernel's key",
+            "unsigned, and the kernel requires signatures (module.sig_enforce=Y or lockdown): sign it with a key the kernel trusts",
         ),
-        (false, false) => line("signature", true, "unsigned; the kernel does not enforce signatures (loading taints it)"),
+        (false, false) => line("signature", true, "unsigned; the kernel does not require signatures (loading taints it)"),
     });
     let number = |key: &str| file.info(key).and_then(|value| value.parse::<u32>().ok());
     let class = file.info("lsw_class").map(str::to_owned);

@@ -271,6 +271,8 @@ loaded lswloop_v2 && rmmod lswloop_v2
 echo "== final"; grep -c ' impl=lswloop_v1' /sys/kernel/lswloop/devices; grep -c ' impl=' /sys/kernel/lswloop/devices
 echo "== modules"; modules > /tmp/modules.end; if cmp -s /tmp/modules.start /tmp/modules.end; then echo same; else echo DIFFER; cat /tmp/modules.start /tmp/modules.end; fi
 echo "== probes"; grep -c loopswap /sys/kernel/tracing/kprobe_events
+# kprobe.multi links do not show in kprobe_events: ftrace lists what they hook.
+echo "== traced"; grep -c lswloop /sys/kernel/tracing/enabled_functions
 echo "== status"; loopswap status | grep -vc ' open .* -$'
 echo "== end"
 "#;
@@ -279,6 +281,8 @@ echo "== end"
 #[derive(Clone, Debug)]
 struct Outcome {
     line: String,
+    /// The round's number (`N`, or `N.0` for an init round's preparation).
+    n: String,
     fault: Fault,
     param: String,
     rc: i32,
@@ -298,6 +302,7 @@ fn parse_round(line: &str) -> Option<Outcome> {
         .collect();
     Some(Outcome {
         line: line.to_owned(),
+        n: facts.get("n")?.to_string(),
         fault: Fault::from_name(facts.get("fault")?)?,
         param: facts.get("param")?.to_string(),
         rc: facts.get("rc")?.parse().ok()?,
@@ -320,6 +325,20 @@ impl Outcome {
         let unchanged = on(&self.from);
         let why = match self.fault {
             _ if self.after == "gone" && self.fault != Fault::Remove => "the device is gone",
+            // 0 committed, 1 aborted or refused; anything else (a panic, a
+            // usage error) is the controller failing, never an abort.
+            Fault::None | Fault::Stop if !matches!(self.rc, 0 | 1) => {
+                "the controller exited with neither 0 nor 1"
+            }
+            // Removed before the controller looked: refused as unknown (2).
+            Fault::Remove
+                if !(matches!(self.rc, 0 | 1) || self.rc == 2 && self.says.contains("no instance named")) =>
+            {
+                "the controller exited with neither 0, 1 nor an unknown-instance refusal"
+            }
+            Fault::Transform | Fault::Alloc | Fault::Init | Fault::Stall if self.rc != 1 => {
+                "the swap did not fail with status 1"
+            }
             Fault::None | Fault::Stop if self.committed && !on(&self.to) => "committed but not on NEW",
             Fault::None | Fault::Stop if !self.committed && !unchanged => "not committed but not on OLD",
             Fault::Kill if self.rc != 137 => "the controller was not killed",
@@ -333,7 +352,10 @@ impl Outcome {
             }
             Fault::Init if self.rc == 0 || !unchanged => "a failed init did not refuse the swap",
             Fault::Init if !self.says.contains("did not load") => "the report does not say the load failed",
-            Fault::Stall if self.rc == 0 || !unchanged => "a stall past --timeout did not abort",
+            Fault::Stall if !unchanged => "a stall past --timeout did not abort",
+            Fault::Stall if !self.says.contains("did not become quiescent") => {
+                "the report does not say quiescence was not reached"
+            }
             Fault::Remove if self.after != "gone" => "the removed device is still listed",
             _ => return None,
         };
@@ -423,10 +445,15 @@ pub fn run(options: &SoakOptions) -> anyhow::Result<SoakSummary> {
         .map(str::to_owned)
         .collect();
     let outcomes: Vec<Outcome> = out.lines().filter_map(parse_round).collect();
-    if outcomes.len() < rounds.len() {
+    // Planned rounds by number (the init rounds' preparatory swaps are n.0).
+    let reported: std::collections::BTreeSet<usize> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.n.parse().ok())
+        .collect();
+    if let Some(missing) = (1..=rounds.len()).find(|n| !reported.contains(n)) {
         problems.push(format!(
-            "only {} of {} rounds reported",
-            outcomes.len(),
+            "round {missing} did not report ({} of {} did)",
+            reported.len(),
             rounds.len()
         ));
     }
@@ -447,6 +474,7 @@ pub fn run(options: &SoakOptions) -> anyhow::Result<SoakSummary> {
     expect("final", &[&instances, &instances], &mut problems);
     expect("modules", &["same"], &mut problems);
     expect("probes", &["0"], &mut problems);
+    expect("traced", &["0"], &mut problems);
     // Lines of `status` not showing an open gate and no swap: the three
     // header lines and the implementation line.
     expect("status", &["4"], &mut problems);

@@ -336,9 +336,15 @@ impl Outcome {
             {
                 "the controller exited with neither 0, 1 nor an unknown-instance refusal"
             }
-            Fault::Transform | Fault::Alloc | Fault::Init | Fault::Stall if self.rc != 1 => {
+            Fault::Transform | Fault::Alloc | Fault::Init if self.rc != 1 => {
                 "the swap did not fail with status 1"
             }
+            // A stall aborts the swap only if a stalled request is inside
+            // when the gate closes; if the gate found none, committing is
+            // right, and then it must be on NEW.
+            Fault::Stall if self.committed && (self.rc != 0 || !on(&self.to)) => "committed but not on NEW",
+            Fault::Stall if self.committed => return None,
+            Fault::Stall if self.rc != 1 => "the swap did not fail with status 1",
             Fault::None | Fault::Stop if self.committed && !on(&self.to) => "committed but not on NEW",
             Fault::None | Fault::Stop if !self.committed && !unchanged => "not committed but not on OLD",
             Fault::Kill if self.rc != 137 => "the controller was not killed",

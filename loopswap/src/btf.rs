@@ -39,8 +39,15 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
     })
 }
 
-/// Byte offsets of `members` of the first struct named `name` in `btf`.
+/// Byte offsets of `members` of the first struct named `name` in `btf`,
+/// only if it has all of them.
 pub fn member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMap<String, u64>> {
+    present_member_offsets(btf, name, members).filter(|found| found.len() == members.len())
+}
+
+/// Byte offsets of those of `members` that the first struct named `name`
+/// in `btf` has; `None` if there is no such struct.
+fn present_member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMap<String, u64>> {
     if u16::from_le_bytes(btf.get(0..2)?.try_into().ok()?) != MAGIC {
         return None;
     }
@@ -68,7 +75,7 @@ pub fn member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMa
                     found.insert(member_name.to_owned(), u64::from(bits / 8));
                 }
             }
-            return (found.len() == members.len()).then_some(found);
+            return Some(found);
         }
         at = body + extra_bytes(kind, vlen)?;
     }
@@ -83,13 +90,7 @@ pub fn task_offsets(members: &[&str]) -> Result<HashMap<String, u64>, Error> {
         path: PATH.into(),
         cause,
     })?;
-    let mut found = HashMap::new();
-    for member in members {
-        if let Some(offsets) = member_offsets(&btf, "task_struct", &[member]) {
-            found.extend(offsets);
-        }
-    }
-    Ok(found)
+    Ok(present_member_offsets(&btf, "task_struct", members).unwrap_or_default())
 }
 
 #[cfg(test)]

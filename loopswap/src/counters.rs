@@ -382,7 +382,7 @@ impl ModuleWatch {
         // Before 6.7 a kprobe.multi link reports no misses (neither returns
         // lost past fprobe's pool nor skipped runs): a count could be wrong
         // without anyone knowing. Those kernels get the tracefs probes.
-        let kernel = kernel_version();
+        let kernel = module::kernel_version();
         if kernel < (6, 7) {
             return Err(Error::Io {
                 path: "kprobe.multi".into(),
@@ -874,16 +874,6 @@ fn ensure_file_descriptors(module: &str, functions: usize) -> Result<(), Error> 
         needed,
         limit: hard,
     })
-}
-
-/// The running kernel's (major, minor).
-fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .filter_map(|part| part.parse::<u32>().ok());
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Whether this process sees pids as the kernel does: the task iterator

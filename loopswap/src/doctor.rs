@@ -77,12 +77,7 @@ pub fn run() -> Vec<Check> {
     use Verdict::{Missing, Ok, Warn};
     let mut checks = Vec::new();
     let release = read("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into());
-    let (major, minor) = {
-        let mut parts = release
-            .split(['.', '-'])
-            .filter_map(|part| part.parse::<u32>().ok());
-        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-    };
+    let (major, minor) = crate::module::kernel_version();
     checks.push(if (major, minor) >= (6, 7) {
         check("kernel", Ok, format!("Linux {release}"), None)
     } else if (major, minor) >= (5, 15) {

@@ -35,6 +35,16 @@ pub fn check_root() -> Result<(), Error> {
     }
 }
 
+/// The running kernel's (major, minor); (0, 0) if unreadable.
+pub fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .filter_map(|part| part.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// The initial user namespace maps every uid to itself.
 fn is_initial_uid_map(map: &str) -> bool {
     map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]

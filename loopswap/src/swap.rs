@@ -400,25 +400,12 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
                 .map(|implementation| implementation.module.clone())
                 .unwrap_or_else(|| instance.implementation.clone());
             let counters = watches.entry(from_module.clone()).or_default();
-            let mut report = swap_one(
-                &mut control,
-                instance,
-                &from_module,
-                &to,
-                options,
-                counters,
-                progress,
-            )
-            .await?;
             // A probe miss makes quiescence unprovable, not false: the swap was
             // aborted safely, and a fresh attach starts with clean counters.
-            for _ in 1..MISS_ATTEMPTS {
-                if report.committed || !report.unprovable || cancelled() {
-                    break;
-                }
-                progress(&format!("{}: retrying with fresh counters", instance.name));
-                *counters = Counters::default();
-                report = swap_one(
+            let mut attempts = 0;
+            let report = loop {
+                attempts += 1;
+                let report = swap_one(
                     &mut control,
                     instance,
                     &from_module,
@@ -428,7 +415,12 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
                     progress,
                 )
                 .await?;
-            }
+                if report.committed || !report.unprovable || cancelled() || attempts == MISS_ATTEMPTS {
+                    break report;
+                }
+                progress(&format!("{}: retrying with fresh counters", instance.name));
+                *counters = Counters::default();
+            };
             if report.unprovable {
                 *counters = Counters::default();
             }

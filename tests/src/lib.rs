@@ -3,7 +3,7 @@
 //! fails the test (a VM test is never skipped).
 
 use serde_json::Value;
-pub use xtask::vm::{VmOutcome, VmRequest};
+pub use xtask::vm::{VmOutcome, VmRequest, section};
 
 /// Runs `script` in the VM and fails unless it exits 0 with a clean kernel log.
 pub fn run_ok(script: &str) -> VmOutcome {
@@ -17,17 +17,6 @@ pub fn run_ok(script: &str) -> VmOutcome {
 /// Runs `script` in the VM; the caller checks the outcome.
 pub fn run(script: &str) -> VmOutcome {
     xtask::vm::run(&VmRequest::new(script)).unwrap_or_else(|err| panic!("{err:#}"))
-}
-
-/// The lines between `== NAME` and the next `== ` marker (or the end).
-pub fn section<'a>(output: &'a str, name: &str) -> Vec<&'a str> {
-    let start = format!("== {name}");
-    output
-        .lines()
-        .skip_while(|line| *line != start)
-        .skip(1)
-        .take_while(|line| !line.starts_with("== "))
-        .collect()
 }
 
 /// The JSON snapshots in a section.

@@ -436,14 +436,7 @@ pub fn run(options: &SoakOptions) -> anyhow::Result<SoakSummary> {
         .check()
         .with_context(|| format!("the soak's VM run (its output: {})", log.display()))?;
     let out = &outcome.output;
-    let section = |name: &str| -> Vec<&str> {
-        let start = format!("== {name}");
-        out.lines()
-            .skip_while(|line| *line != start)
-            .skip(1)
-            .take_while(|line| !line.starts_with("== "))
-            .collect()
-    };
+    let section = |name: &str| vm::section(out, name);
 
     let mut problems: Vec<String> = out
         .lines()

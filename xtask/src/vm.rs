@@ -68,6 +68,18 @@ const PROBLEM_MARKERS: &[&str] = &[
 
 const EXIT_MARKER: &str = "LSW-EXIT ";
 
+/// The lines of a guest's output between `== NAME` and the next `== `
+/// marker (or the end): how scripts run in the VM label what they print.
+pub fn section<'a>(output: &'a str, name: &str) -> Vec<&'a str> {
+    let start = format!("== {name}");
+    output
+        .lines()
+        .skip_while(|line| *line != start)
+        .skip(1)
+        .take_while(|line| !line.starts_with("== "))
+        .collect()
+}
+
 /// Loads ext4 (a module in Debian's kernel), the swap core, the lswloop
 /// class and its v1 implementation, and defines `add NAME MB`, which
 /// creates a device backed by /tmp/NAME.img.

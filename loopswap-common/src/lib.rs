@@ -42,7 +42,63 @@ pub struct InflightValue {
     /// first argument) if the function is an instance entry point, else
     /// [`NO_INSTANCE`]; [`MIXED_INSTANCES`] if nested frames disagree.
     pub instance: u32,
+    /// When the outermost frame entered (`bpf_ktime_get_ns`, i.e.
+    /// CLOCK_MONOTONIC), or 0 when time in flight is not being measured.
+    pub entered_ns: u64,
 }
+
+/// Buckets of a time-in-flight histogram: bucket `b` counts calls that
+/// stayed inside for `[2^b, 2^(b+1))` ns (bucket 0 also counts 0 ns); the
+/// last bucket also counts every longer call (2^39 ns is about 9 minutes).
+pub const TIME_BUCKETS: usize = 40;
+
+/// How long calls stayed inside a function (or served an instance): a log2
+/// histogram of the outermost frames that returned, kept per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeHistogram {
+    pub buckets: [u64; TIME_BUCKETS],
+    /// The longest single call, in ns.
+    pub max_ns: u64,
+}
+
+impl TimeHistogram {
+    pub const ZERO: Self = Self {
+        buckets: [0; TIME_BUCKETS],
+        max_ns: 0,
+    };
+}
+
+/// The histogram bucket of a duration: `floor(log2(ns))`, at most the last.
+/// Written without loops or a count-leading-zeros instruction, which BPF
+/// lacks.
+#[inline(always)]
+pub fn time_bucket(ns: u64) -> usize {
+    let mut value = ns;
+    let mut bucket = 0;
+    for shift in [32u32, 16, 8, 4, 2, 1] {
+        if value >> shift != 0 {
+            value >>= shift;
+            bucket += shift as usize;
+        }
+    }
+    if bucket >= TIME_BUCKETS {
+        TIME_BUCKETS - 1
+    } else {
+        bucket
+    }
+}
+
+/// Slots of the `COUNTER_CONFIG` array, written by userspace at attach.
+/// Non-zero: stamp entries and keep time-in-flight histograms.
+pub const CONFIG_TIME_IN_FLIGHT: u32 = 0;
+/// Non-zero: a waiter reads `LEFT`; write a record each time a thread
+/// leaves the module (a watch has no waiter, and saves that work).
+pub const CONFIG_NOTIFY_LEFT: u32 = 1;
+pub const COUNTER_CONFIG_SLOTS: u32 = 2;
+
+/// Most instances with a time-in-flight histogram (a map allocated as used).
+pub const MAX_TIMED_INSTANCES: u32 = 65536;
 
 /// The frame works for no known instance.
 pub const NO_INSTANCE: u32 = u32::MAX;
@@ -128,8 +184,10 @@ pub struct ScanRecord {
 mod pod {
     // SAFETY: two u32 fields, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::InflightKey {}
-    // SAFETY: two u32 fields, no padding, every bit pattern valid.
+    // SAFETY: two u32 fields then a u64, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::InflightValue {}
+    // SAFETY: u64 fields only, every bit pattern valid.
+    unsafe impl aya::Pod for super::TimeHistogram {}
     // SAFETY: two u32 fields, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::FunctionInfo {}
 }
@@ -142,8 +200,21 @@ mod tests {
     fn inflight_key_has_no_padding() {
         assert_eq!(core::mem::size_of::<InflightKey>(), 8);
         assert_eq!(core::mem::align_of::<InflightKey>(), 4);
-        assert_eq!(core::mem::size_of::<InflightValue>(), 8);
+        assert_eq!(core::mem::size_of::<InflightValue>(), 16);
+        assert_eq!(core::mem::size_of::<TimeHistogram>(), (TIME_BUCKETS + 1) * 8);
         assert_eq!(core::mem::size_of::<FunctionInfo>(), 8);
         assert_eq!(core::mem::size_of::<ScanRecord>(), 16);
+    }
+
+    #[test]
+    fn time_buckets_are_floor_log2() {
+        assert_eq!(time_bucket(0), 0);
+        assert_eq!(time_bucket(1), 0);
+        assert_eq!(time_bucket(2), 1);
+        assert_eq!(time_bucket(3), 1);
+        assert_eq!(time_bucket(1023), 9);
+        assert_eq!(time_bucket(1024), 10);
+        assert_eq!(time_bucket(1 << 39), 39);
+        assert_eq!(time_bucket(u64::MAX), TIME_BUCKETS - 1);
     }
 }

@@ -8,22 +8,23 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
     bindings::task_struct,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_kernel,
-        generated::{bpf_get_task_stack, bpf_seq_write},
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_func_ip, bpf_get_task_stack, bpf_seq_write},
     },
     macros::{kprobe, kretprobe, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use loopswap_common::{
-    FUNCTION_INSTANCE_ENTRY, FunctionInfo, IDLE_TID_FLAG, InflightKey, InflightValue, MAX_FUNCTIONS,
-    MAX_INFLIGHT_ENTRIES, MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, SCAN_CONFIG_SLOTS,
-    SCAN_IN_MODULE, SCAN_MAX_CLEAN, SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET,
-    SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET,
-    SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord, event,
+    CONFIG_NOTIFY_LEFT, CONFIG_TIME_IN_FLIGHT, COUNTER_CONFIG_SLOTS, FUNCTION_INSTANCE_ENTRY, FunctionInfo,
+    IDLE_TID_FLAG, InflightKey, InflightValue, MAX_FUNCTIONS, MAX_INFLIGHT_ENTRIES, MAX_TIMED_INSTANCES,
+    MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, SCAN_CONFIG_SLOTS, SCAN_IN_MODULE, SCAN_MAX_CLEAN,
+    SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
+    SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
+    SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord, TimeHistogram, event, time_bucket,
 };
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
@@ -43,6 +44,25 @@ static LEFT: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map]
 static CALLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_FUNCTIONS, 0);
 
+/// Settings of the counters, see `loopswap_common::CONFIG_*`.
+#[map]
+static COUNTER_CONFIG: Array<u64> = Array::with_max_entries(COUNTER_CONFIG_SLOTS, 0);
+
+/// Time in flight per function (userspace sizes it to the module's
+/// functions at load, so it costs memory for those only).
+#[map]
+static TIME_BY_FUNCTION: PerCpuArray<TimeHistogram> = PerCpuArray::with_max_entries(MAX_FUNCTIONS, 0);
+
+/// Time in flight per instance (outermost frames of instance entry points
+/// only); allocated as instances appear.
+#[map]
+static TIME_BY_INSTANCE: PerCpuHashMap<u32, TimeHistogram> =
+    PerCpuHashMap::with_max_entries(MAX_TIMED_INSTANCES, BPF_F_NO_PREALLOC);
+
+/// A zero histogram to insert from: too big for the BPF stack.
+#[map]
+static ZERO_HISTOGRAM: PerCpuArray<TimeHistogram> = PerCpuArray::with_max_entries(1, 0);
+
 /// Special events, see `loopswap_common::event`.
 #[map]
 static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
@@ -56,9 +76,66 @@ fn bump(map: &PerCpuArray<u64>, index: u32) {
 }
 
 #[inline(always)]
-fn current_key(ctx_ip: u64) -> Option<(InflightKey, u32)> {
+fn config_on(slot: u32) -> bool {
+    COUNTER_CONFIG.get(slot).is_some_and(|on| *on != 0)
+}
+
+#[inline(always)]
+fn add_time(histogram: *mut TimeHistogram, ns: u64) {
+    let bucket = time_bucket(ns);
+    // SAFETY: a per-CPU value; BPF programs do not nest on one CPU. The
+    // bound check is repeated for the verifier.
+    unsafe {
+        if bucket < (*histogram).buckets.len() {
+            (*histogram).buckets[bucket] += 1;
+        }
+        if ns > (*histogram).max_ns {
+            (*histogram).max_ns = ns;
+        }
+    }
+}
+
+/// Adds the time one outermost frame stayed inside to its function's and
+/// its instance's histograms.
+#[inline(always)]
+fn record_time(func: u32, instance: u32, ns: u64) {
+    if let Some(histogram) = TIME_BY_FUNCTION.get_ptr_mut(func) {
+        add_time(histogram, ns);
+    }
+    if instance == NO_INSTANCE || instance == MIXED_INSTANCES {
+        return;
+    }
+    let histogram = match TIME_BY_INSTANCE.get_ptr_mut(instance) {
+        Some(histogram) => histogram,
+        None => {
+            let Some(zero) = ZERO_HISTOGRAM.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: a slot of our own map, never written. Passed by
+            // reference: a copy would not fit the BPF stack.
+            let zero: &TimeHistogram = unsafe { &*zero };
+            // A full map (or a racing insert) loses only this sample.
+            let _ = TIME_BY_INSTANCE.insert(instance, zero, BPF_NOEXIST as u64);
+            match TIME_BY_INSTANCE.get_ptr_mut(instance) {
+                Some(histogram) => histogram,
+                None => return,
+            }
+        }
+    };
+    add_time(histogram, ns);
+}
+
+/// The probed function (looked up by address) and the current thread's
+/// key for it. (kprobe.multi attach cookies would save the lookup, but the
+/// kernel finds a cookie by a binary search with an indirect compare per
+/// step: measured slower than this hash lookup.)
+#[inline(always)]
+fn current_key(ctx: *mut core::ffi::c_void) -> Option<(InflightKey, u32)> {
+    // SAFETY: valid in kprobe programs (Linux 5.15+); in a return probe it
+    // gives the probed function's entry.
+    let ip = unsafe { bpf_get_func_ip(ctx) };
     // SAFETY: a plain map lookup of a u64 key.
-    let info = match unsafe { FUNC_BY_ADDR.get(ctx_ip) } {
+    let info = match unsafe { FUNC_BY_ADDR.get(ip) } {
         Some(info) => *info,
         None => {
             bump(&EVENTS, event::UNKNOWN_ADDRESS);
@@ -83,9 +160,7 @@ fn current_key(ctx_ip: u64) -> Option<(InflightKey, u32)> {
 
 #[kprobe]
 pub fn lsw_enter(ctx: ProbeContext) -> u32 {
-    // SAFETY: the helper is valid in kprobe programs (Linux 5.15+).
-    let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.as_ptr()) };
-    let Some((key, flags)) = current_key(ip) else {
+    let Some((key, flags)) = current_key(ctx.as_ptr()) else {
         return 0;
     };
     bump(&CALLS, key.func);
@@ -100,19 +175,30 @@ pub fn lsw_enter(ctx: ProbeContext) -> u32 {
     } else {
         NO_INSTANCE
     };
-    match INFLIGHT.get_ptr_mut(key) {
-        // SAFETY: only this thread writes its own key (see InflightKey).
-        Some(value) => unsafe {
-            (*value).depth += 1;
-            if (*value).instance != instance {
-                (*value).instance = MIXED_INSTANCES;
-            }
-        },
-        None => {
-            let value = InflightValue { depth: 1, instance };
-            if INFLIGHT.insert(key, value, BPF_NOEXIST as u64).is_err() {
-                bump(&EVENTS, event::INFLIGHT_MAP_FULL);
-            }
+    // SAFETY: helper without arguments.
+    let entered_ns = if config_on(CONFIG_TIME_IN_FLIGHT) {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    let value = InflightValue {
+        depth: 1,
+        instance,
+        entered_ns,
+    };
+    // Insert first: the thread is rarely inside this function already, and
+    // one hash operation is cheaper than a lookup then an insert.
+    if INFLIGHT.insert(key, value, BPF_NOEXIST as u64).is_err() {
+        match INFLIGHT.get_ptr_mut(key) {
+            // A nested frame: its outermost frame keeps its entry time.
+            // SAFETY: only this thread writes its own key (see InflightKey).
+            Some(value) => unsafe {
+                (*value).depth += 1;
+                if (*value).instance != instance {
+                    (*value).instance = MIXED_INSTANCES;
+                }
+            },
+            None => bump(&EVENTS, event::INFLIGHT_MAP_FULL),
         }
     }
     0
@@ -120,17 +206,25 @@ pub fn lsw_enter(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
-    // SAFETY: in a kretprobe the helper returns the probed function's entry.
-    let ip = unsafe { aya_ebpf::helpers::generated::bpf_get_func_ip(ctx.as_ptr()) };
-    let Some((key, _)) = current_key(ip) else { return 0 };
+    let Some((key, _)) = current_key(ctx.as_ptr()) else {
+        return 0;
+    };
     match INFLIGHT.get_ptr_mut(key) {
         Some(value) => {
             // SAFETY: only this thread writes its own key (see InflightKey).
-            let (depth, instance) = unsafe { ((*value).depth, (*value).instance) };
+            let (depth, instance, entered_ns) =
+                unsafe { ((*value).depth, (*value).instance, (*value).entered_ns) };
             if depth <= 1 {
                 let _ = INFLIGHT.remove(key);
+                if entered_ns != 0 {
+                    // SAFETY: helper without arguments.
+                    let now = unsafe { bpf_ktime_get_ns() };
+                    record_time(key.func, instance, now.saturating_sub(entered_ns));
+                }
                 // A full ring only delays the waiter until its next poll.
-                let _ = LEFT.output::<u32>(instance, 0);
+                if config_on(CONFIG_NOTIFY_LEFT) {
+                    let _ = LEFT.output::<u32>(instance, 0);
+                }
             } else {
                 unsafe { (*value).depth -= 1 };
             }

@@ -14,14 +14,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::KProbe,
 };
 use loopswap_common::{
-    FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTIONS, MIXED_INSTANCES,
-    NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
-    SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
-    SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord, TICK_FUNCTION, event,
+    CONFIG_NOTIFY_LEFT, CONFIG_TIME_IN_FLIGHT, FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey,
+    InflightValue, MAX_FUNCTIONS, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET,
+    SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET,
+    SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord,
+    TICK_FUNCTION, TimeHistogram, event,
 };
 
 use crate::{
@@ -29,8 +30,9 @@ use crate::{
     kallsyms::{self, Function, Scope},
     kprobe_multi::{self, MultiLink},
     module,
-    snapshot::{FunctionCount, Snapshot},
+    snapshot::{FunctionCount, InstanceCount, Snapshot},
     stacks::{self, Stack, TaskId},
+    time_in_flight::{self, Estimate, TimeSummary},
     tracefs::{self, AttachedProbe, ProbeKind},
 };
 
@@ -45,6 +47,9 @@ pub struct WatchOptions {
     /// (first argument: `struct lsw_instance *`) and attribute frames to
     /// instances. See kernel/lsw_core.h.
     pub attribute_instances: bool,
+    /// Stamp entries and keep time-in-flight histograms (off only to
+    /// measure what they cost).
+    pub time_in_flight: bool,
 }
 
 impl Default for WatchOptions {
@@ -53,6 +58,7 @@ impl Default for WatchOptions {
             scope: Scope::AllText,
             max_active: 1024,
             attribute_instances: false,
+            time_in_flight: true,
         }
     }
 }
@@ -76,6 +82,12 @@ pub struct ModuleWatch {
     left: Option<aya::maps::RingBuf<MapData>>,
     calls: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
+    counter_config: aya::maps::Array<MapData, u64>,
+    time_by_function: PerCpuArray<MapData, TimeHistogram>,
+    time_by_instance: PerCpuHashMap<MapData, u32, TimeHistogram>,
+    /// CLOCK_MONOTONIC when every probe was armed: a thread found on its
+    /// stack (seeded) entered before, so it has been inside since at least.
+    armed_ns: u64,
     tracefs: PathBuf,
     /// Frames per function of threads that were inside before attach and
     /// have not left yet.
@@ -147,7 +159,10 @@ impl ModuleWatch {
             path: "/sys/kernel/btf/vmlinux".into(),
             cause: std::io::Error::other(err),
         })?;
-        let mut ebpf = aya::EbpfLoader::new().btf(Some(&btf)).load(OBJECT)?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(Some(&btf))
+            .map_max_entries("TIME_BY_FUNCTION", functions.len() as u32)
+            .load(OBJECT)?;
         let maps = kprobe_multi::map_descriptors(&ebpf)?;
         let mut func_by_addr: BpfHashMap<MapData, u64, FunctionInfo> =
             BpfHashMap::try_from(take_map(&mut ebpf, "FUNC_BY_ADDR")?)?;
@@ -175,6 +190,10 @@ impl ModuleWatch {
         }
         let mut scan_config: aya::maps::Array<MapData, u64> =
             aya::maps::Array::try_from(take_map(&mut ebpf, "SCAN_CONFIG")?)?;
+        let mut counter_config: aya::maps::Array<MapData, u64> =
+            aya::maps::Array::try_from(take_map(&mut ebpf, "COUNTER_CONFIG")?)?;
+        // Before any probe is armed, so that every stamp is consistent.
+        counter_config.set(CONFIG_TIME_IN_FLIGHT, u64::from(options.time_in_flight), 0)?;
         let mut watch = Self {
             task_scan: false,
             links: Vec::new(),
@@ -183,6 +202,10 @@ impl ModuleWatch {
             left: Some(aya::maps::RingBuf::try_from(take_map(&mut ebpf, "LEFT")?)?),
             calls: PerCpuArray::try_from(take_map(&mut ebpf, "CALLS")?)?,
             events: PerCpuArray::try_from(take_map(&mut ebpf, "EVENTS")?)?,
+            time_by_function: PerCpuArray::try_from(take_map(&mut ebpf, "TIME_BY_FUNCTION")?)?,
+            time_by_instance: PerCpuHashMap::try_from(take_map(&mut ebpf, "TIME_BY_INSTANCE")?)?,
+            armed_ns: 0,
+            counter_config,
             user_ticks: BpfHashMap::try_from(take_map(&mut ebpf, "USER_TICKS")?)?,
             representative: Vec::new(),
             index_by_name: HashMap::new(),
@@ -221,6 +244,7 @@ impl ModuleWatch {
             ensure_file_descriptors(&watch.module, watch.functions.len())?;
             watch.attach_all(options.max_active)?;
         }
+        watch.armed_ns = time_in_flight::monotonic_ns();
         watch.seed()?;
         Ok(watch)
     }
@@ -723,6 +747,7 @@ impl ModuleWatch {
     pub fn snapshot(&mut self) -> Result<Snapshot, Error> {
         self.refresh_seeded();
         let entries = self.tracked_entries()?;
+        let now = time_in_flight::monotonic_ns();
         let mut inflight = vec![0u64; self.functions.len()];
         let mut threads = BTreeSet::new();
         for (key, value) in &entries {
@@ -739,15 +764,45 @@ impl ModuleWatch {
             }
             threads.insert(*tid as u32);
         }
-        let (instances, unattributed) = self.attribute(&entries);
+        let mut histograms = vec![TimeHistogram::ZERO; self.functions.len()];
         let mut functions = Vec::with_capacity(self.functions.len());
         for (index, function) in self.functions.iter().enumerate() {
+            let calls = Self::sum_per_cpu(&self.calls, index as u32)?;
+            // Idle functions have empty histograms: one read fewer each.
+            if calls > 0 {
+                histograms[index] = self.function_histogram(index as u32)?;
+            }
             functions.push(FunctionCount {
                 name: function.name.clone(),
                 inflight: inflight[index],
-                calls: Self::sum_per_cpu(&self.calls, index as u32)?,
+                calls,
+                time_in_flight: TimeSummary::of(&histograms[index]),
             });
         }
+        let (per_instance, unattributed) = self.attribute(&entries);
+        let mut instance_times = BTreeMap::new();
+        for entry in self.time_by_instance.iter() {
+            let (id, per_cpu) = match entry {
+                Ok(entry) => entry,
+                Err(MapError::KeyNotFound) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            instance_times.insert(id, time_in_flight::sum(&per_cpu));
+        }
+        let ids: BTreeSet<u32> = per_instance
+            .keys()
+            .chain(instance_times.keys())
+            .copied()
+            .collect();
+        let instances = ids
+            .into_iter()
+            .map(|id| InstanceCount {
+                id,
+                inflight: per_instance.get(&id).copied().unwrap_or(0),
+                time_in_flight: instance_times.get(&id).and_then(TimeSummary::of),
+                quiescent_in: self.estimate_from(&entries, &histograms, Some(id), now),
+            })
+            .collect();
         Ok(Snapshot {
             module: self.module.clone(),
             inflight: inflight.iter().sum(),
@@ -761,12 +816,95 @@ impl ModuleWatch {
                 .map(|function| function.name.clone())
                 .collect(),
             unknown: self.unresolved_tasks(),
-            instances: instances
-                .into_iter()
-                .map(|(id, inflight)| crate::snapshot::InstanceCount { id, inflight })
-                .collect(),
+            quiescent_in: self.estimate_from(&entries, &histograms, None, now),
+            instances,
             unattributed,
         })
+    }
+
+    /// One function's time-in-flight histogram, summed over CPUs.
+    fn function_histogram(&self, index: u32) -> Result<TimeHistogram, Error> {
+        Ok(time_in_flight::sum(&self.time_by_function.get(&index, 0)?))
+    }
+
+    /// When `instance` (or, with `None`, the whole module) will likely be
+    /// quiescent, from the frames in flight now and how long calls of
+    /// their functions have stayed inside.
+    pub fn estimate(&mut self, instance: Option<u32>) -> Result<Estimate, Error> {
+        self.refresh_seeded();
+        let entries = self.tracked_entries()?;
+        let now = time_in_flight::monotonic_ns();
+        let mut histograms = vec![TimeHistogram::ZERO; self.functions.len()];
+        let busy: BTreeSet<u32> = entries
+            .iter()
+            .map(|(key, _)| key.func)
+            .chain(self.seeded.values().flat_map(|counts| counts.keys().copied()))
+            .collect();
+        for func in busy {
+            if let Some(slot) = histograms.get_mut(func as usize) {
+                *slot = self.function_histogram(func)?;
+            }
+        }
+        Ok(self.estimate_from(&entries, &histograms, instance, now))
+    }
+
+    /// See [`Self::estimate`]: every frame that counts against `instance`
+    /// (attributed to it, or to no known instance, or seeded), each with
+    /// its age and its function's histogram.
+    fn estimate_from(
+        &self,
+        entries: &[(InflightKey, InflightValue)],
+        histograms: &[TimeHistogram],
+        instance: Option<u32>,
+        now: u64,
+    ) -> Estimate {
+        let mut estimate = Estimate {
+            unknown: !self.unresolved.is_empty(),
+            ..Estimate::default()
+        };
+        let name = |func: u32| {
+            self.functions
+                .get(func as usize)
+                .map_or("?", |function| function.name.as_str())
+        };
+        let histogram = |func: u32| histograms.get(func as usize).unwrap_or(&TimeHistogram::ZERO);
+        for (key, value) in entries {
+            let counts = match (instance, value.instance) {
+                (None, _) | (_, NO_INSTANCE | MIXED_INSTANCES) => true,
+                (Some(id), serving) => id == serving,
+            };
+            if !counts {
+                continue;
+            }
+            if value.entered_ns == 0 {
+                // Entered while time in flight was off: its age is unknown.
+                estimate.unknown = true;
+                continue;
+            }
+            let age = now.saturating_sub(value.entered_ns);
+            estimate.add(time_in_flight::remaining_ns(histogram(key.func), age), || {
+                format!(
+                    "{}: thread {} inside for {}",
+                    name(key.func),
+                    key.tid & !loopswap_common::IDLE_TID_FLAG,
+                    time_in_flight::format_ns(age)
+                )
+            });
+        }
+        // Seeded frames entered before the probes were armed.
+        let age = now.saturating_sub(self.armed_ns);
+        for ((_, tid), counts) in &self.seeded {
+            for func in counts.keys() {
+                estimate.add(time_in_flight::remaining_ns(histogram(*func), age), || {
+                    format!(
+                        "{}: thread {tid} inside since before attach, at least {}",
+                        name(*func),
+                        time_in_flight::format_ns(age)
+                    )
+                });
+            }
+        }
+        estimate
     }
 
     /// What keeps `instance` from quiescence, cheaply (no per-function
@@ -787,9 +925,15 @@ impl ModuleWatch {
     }
 
     /// Takes the ring buffer that receives a record each time a thread
-    /// leaves a function entirely (for event-driven waiting).
-    pub fn take_left_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
-        self.left.take()
+    /// leaves a function entirely (for event-driven waiting), and has the
+    /// probes write those records from now on (until then they save the
+    /// work: a watch never reads them).
+    pub fn take_left_events(&mut self) -> Result<Option<aya::maps::RingBuf<MapData>>, Error> {
+        let ring = self.left.take();
+        if ring.is_some() {
+            self.counter_config.set(CONFIG_NOTIFY_LEFT, 1, 0)?;
+        }
+        Ok(ring)
     }
 
     /// Every event that could make a count wrong: kprobe misses (including
@@ -962,7 +1106,14 @@ mod tests {
     use super::*;
 
     fn frame(tid: u32, func: u32, depth: u32, instance: u32) -> (InflightKey, InflightValue) {
-        (InflightKey { tid, func }, InflightValue { depth, instance })
+        (
+            InflightKey { tid, func },
+            InflightValue {
+                depth,
+                instance,
+                entered_ns: 0,
+            },
+        )
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod preflight;
 pub mod snapshot;
 pub mod stacks;
 pub mod swap;
+pub mod time_in_flight;
 pub mod tracefs;
 
 pub use error::Error;

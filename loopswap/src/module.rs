@@ -22,6 +22,16 @@ pub fn check_live(module: &str) -> Result<(), Error> {
     }
 }
 
+/// Whether `module` is built against the swap core (`lsw_core` lists it as
+/// a user): its exported functions are instance entry points then.
+pub fn uses_swap_core(module: &str) -> bool {
+    procfs::modules().is_ok_and(|modules| {
+        modules
+            .get("lsw_core")
+            .is_some_and(|core| core.used_by.iter().any(|user| user == module))
+    })
+}
+
 /// Fails unless the effective user is root.
 pub fn check_root() -> Result<(), Error> {
     if !nix::unistd::geteuid().is_root() {

@@ -29,6 +29,7 @@ use crate::{
     kmod, module,
     snapshot::FunctionCount,
     stacks,
+    time_in_flight::Estimate,
 };
 
 /// What to swap to.
@@ -67,7 +68,11 @@ pub struct SwapOptions {
     /// Per instance, from closing its gate to giving up.
     pub timeout: Duration,
     pub keep_old: bool,
-    /// For tests: stop (sleep) after this phase of the first instance.
+    /// Close the gate even when quiescence is estimated to take longer
+    /// than `timeout`.
+    pub force_wait: bool,
+    /// For tests: stop (sleep) after this phase of the first instance,
+    /// `PHASE` for good or `PHASE:DURATION` for that long.
     pub pause_after: Option<String>,
 }
 
@@ -100,6 +105,8 @@ pub struct InstanceReport {
     /// Calls that waited at the gate during the swap.
     pub held_calls: Option<u64>,
     pub error: Option<String>,
+    /// Before the gate closed: when the instance would likely be quiescent.
+    pub quiescent_in: Option<Estimate>,
     /// On failure: functions with threads in flight, and those threads.
     pub busy_functions: Vec<FunctionCount>,
     pub holders: Vec<Holder>,
@@ -152,6 +159,13 @@ impl SwapReport {
                 .map(|phase| format!("{} {:.3} ms", phase.phase, phase.micros as f64 / 1000.0))
                 .collect();
             let _ = writeln!(out, "  phases: {}", phases.join(" | "));
+            if let Some(estimate) = &instance.quiescent_in {
+                let _ = writeln!(
+                    out,
+                    "  quiescence estimated before the gate: {}",
+                    estimate.describe()
+                );
+            }
             if let Some(blackout) = instance.blackout_us {
                 let _ = writeln!(
                     out,
@@ -300,7 +314,8 @@ pub fn install_signal_handlers() -> Result<(), Error> {
     Ok(())
 }
 
-fn cancelled() -> bool {
+/// Whether SIGINT or SIGTERM arrived (see [`install_signal_handlers`]).
+pub fn cancelled() -> bool {
     CANCELLED.load(Ordering::SeqCst)
 }
 
@@ -527,7 +542,7 @@ impl Counters {
                     blind.join(", ")
                 )));
             }
-            let left = match watch.take_left_events() {
+            let left = match watch.take_left_events()? {
                 // SAFETY: the ring buffer owns its map fd, open and unchanged
                 // for as long as it lives inside the AsyncFd.
                 Some(ring) => Some(
@@ -571,10 +586,20 @@ impl Phases<'_> {
         let line = format!("{}: {name} ({:.3} ms)", self.instance, micros as f64 / 1000.0);
         report.phases.push(PhaseTime { phase: name, micros });
         self.say(line);
-        if self.pause_after.as_deref() == Some(name) {
+        let Some(pause) = self.pause_after.as_deref() else {
+            return;
+        };
+        let (phase, duration) = match pause.split_once(':') {
+            Some((phase, duration)) => (phase, humantime::parse_duration(duration).ok()),
+            None => (pause, None),
+        };
+        if phase == name {
             eprintln!("pausing after {name} (--test-pause-after)");
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
+            match duration {
+                Some(duration) => std::thread::sleep(duration),
+                None => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
             }
         }
     }
@@ -616,6 +641,7 @@ async fn swap_one(
         blackout_us: None,
         held_calls: None,
         error: None,
+        quiescent_in: None,
         busy_functions: Vec::new(),
         holders: Vec::new(),
         unprovable: false,
@@ -644,6 +670,26 @@ async fn swap_one(
     }
     if cancelled() {
         report.error = Some("interrupted before the gate closed".into());
+        return Ok(report);
+    }
+    // How long the threads inside now will likely stay, from how long
+    // calls of their functions have stayed: a wait that would time out
+    // anyway is refused before any caller waits at the gate.
+    let estimate = watch.estimate(Some(id))?;
+    phases.say(format!(
+        "{}: quiescent in {} (estimated)",
+        instance.name,
+        estimate.describe()
+    ));
+    let too_long = u128::from(estimate.ns) > options.timeout.as_nanos();
+    report.quiescent_in = Some(estimate.clone());
+    if too_long && !options.force_wait {
+        report.error = Some(format!(
+            "refused before the gate closed: quiescence is estimated in {}, beyond --timeout {}; \
+             pass --force-wait to close the gate anyway",
+            estimate.describe(),
+            humantime::format_duration(options.timeout)
+        ));
         return Ok(report);
     }
 
@@ -867,6 +913,7 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
             to: Target::Implementation("lswloop_v2".into()),
             timeout: Duration::from_secs(1),
             keep_old: false,
+            force_wait: false,
             pause_after: None,
         }
     }

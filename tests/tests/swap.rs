@@ -159,7 +159,7 @@ dd if=/dev/lswloop0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
 held=$!
 sleep 0.5
 echo "== swap"
-if loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 1s --json 2>/tmp/err; then
+if loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 1s --force-wait --json 2>/tmp/err; then
     echo status=0
 else
     echo "status=$?"
@@ -257,4 +257,61 @@ echo "== end"
     assert_eq!(after["implementation"], "lswloop_v1");
     assert_committed(&json_in(out, "swap2"));
     assert_eq!(section(out, "fio"), ["ok"]);
+}
+
+#[test]
+fn a_swap_estimated_to_outlast_its_timeout_is_refused_before_the_gate_closes() {
+    // The swap pauses 4 s after attaching its counters; meanwhile a read
+    // enters lswloop_v1 and stalls there for 8 s. Before the gate closes
+    // the swap sees a thread inside for about 3.5 s with no call of that
+    // function ever returning sooner: quiescence within 1 s is unlikely.
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+set +e
+loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 1s --json \
+    --test-pause-after attach:4s > /tmp/out 2> /tmp/err &
+swap=$!
+until grep -q 'pausing after attach' /tmp/err; do usleep 50000; done
+echo 8000 > /sys/module/lswloop_v1/parameters/stall_ms
+dd if=/dev/lswloop0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
+held=$!
+wait $swap; status=$?
+echo "== status"; echo "status=$status"
+echo "== report"; cat /tmp/out
+echo "== stderr"; grep -v pausing /tmp/err
+echo "== after"; loopswap status --json
+echo "== modules"; cut -d' ' -f1 /proc/modules | grep lswloop_ | sort
+echo 0 > /sys/module/lswloop_v1/parameters/stall_ms
+echo "== held"; if wait $held; then echo ok; else echo failed; fi
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    assert_eq!(section(out, "status"), ["status=1"], "{out}");
+    let report = json_in(out, "report");
+    let instance = &report["instances"][0];
+    assert_eq!(instance["gated"], false, "the gate never closed: {report}");
+    let estimate = &instance["quiescent_in"];
+    assert!(estimate["ns"].as_u64().unwrap() > 1_000_000_000, "{report}");
+    assert!(
+        estimate["held_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("lswloop_v1_queue_rq: thread "),
+        "{report}"
+    );
+    let error = instance["error"].as_str().unwrap();
+    assert!(error.contains("beyond --timeout 1s"), "{error}");
+    assert!(error.contains("--force-wait"), "{error}");
+    let stderr = section(out, "stderr").join("\n");
+    assert!(
+        stderr.contains("swap of lswloop0 not started, nothing changed"),
+        "{stderr}"
+    );
+    let after = json_in(out, "after");
+    assert_eq!(after["instances"][0]["implementation"], "lswloop_v1");
+    assert_eq!(after["instances"][0]["gate"], "open");
+    assert_eq!(section(out, "modules"), ["lswloop_v1"], "NEW unloaded: {out}");
+    assert_eq!(section(out, "held"), ["ok"]);
 }

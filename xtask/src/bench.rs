@@ -10,9 +10,10 @@ use xtask::vm;
 pub enum Which {
     /// Calls per second of an empty module function called in a tight loop
     /// from kernel threads: with no probes, with loopswap's counters
-    /// (`loopswap watch`, every function of the module probed), and with a
+    /// (`loopswap watch`, every function of the module probed) with and
+    /// without the time-in-flight timestamps and histograms, and with a
     /// plain kprobe+kretprobe pair running empty programs. Rounds alternate
-    /// between the three so drift hits all of them alike.
+    /// between the four so drift hits all of them alike.
     Probes {
         /// Rounds per configuration (the median is reported).
         #[arg(long, default_value_t = 5)]
@@ -51,6 +52,13 @@ for round in $(seq {rounds}); do
     pid=$!
     wait_for_line /tmp/watch.json
     measure loopswap
+    kill -TERM $pid; wait $pid
+    grep -q '"missed":0' /tmp/watch.json
+    rm /tmp/watch.json
+    loopswap watch --json --interval 1h --no-time-in-flight lsw_fixture > /tmp/watch.json &
+    pid=$!
+    wait_for_line /tmp/watch.json
+    measure loopswap-untimed
     kill -TERM $pid; wait $pid
     grep -q '"missed":0' /tmp/watch.json
     rm /tmp/watch.json
@@ -229,6 +237,7 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
         let mode = match mode {
             "none" => "none",
             "loopswap" => "loopswap",
+            "loopswap-untimed" => "loopswap-untimed",
             _ => "kprobe-pair",
         };
         rates.entry(mode).or_default().push(calls / (ns / 1e9));
@@ -237,10 +246,15 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
     println!(
         "\nprobe cost: {threads} kthreads calling lsw_fixture_nop() for {millis} ms, median of {rounds} rounds (qemu TCG)"
     );
-    println!("{:<44} {:>14} {:>10}", "configuration", "calls/s", "vs none");
+    println!("{:<58} {:>14} {:>10}", "configuration", "calls/s", "vs none");
+    let mut medians = BTreeMap::new();
     for (mode, label) in [
         ("none", "no probes"),
-        ("loopswap", "loopswap watch (kprobe.multi pair, counting)"),
+        ("loopswap", "loopswap watch (kprobe.multi pair, counting + time)"),
+        (
+            "loopswap-untimed",
+            "loopswap watch --no-time-in-flight (counting only)",
+        ),
         ("kprobe-pair", "plain kprobe+kretprobe (empty programs)"),
     ] {
         let rate = median(
@@ -248,7 +262,27 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
                 .get_mut(mode)
                 .with_context(|| format!("no {mode} measurement"))?,
         );
-        println!("{label:<44} {rate:>14.0} {:>9.3}x", rate / base);
+        println!("{label:<58} {rate:>14.0} {:>9.3}x", rate / base);
+        medians.insert(mode, rate);
     }
+    // Cost per call relative to the bare pair, and what time in flight adds.
+    let cost = |mode: &str| 1.0 / medians[mode] - 1.0 / base;
+    println!(
+        "\ncounting + time costs {:.2}x the bare pair per call; counting alone {:.2}x; \
+         time in flight adds {:+.1}% to the cost of counting",
+        cost("loopswap") / cost("kprobe-pair"),
+        cost("loopswap-untimed") / cost("kprobe-pair"),
+        (cost("loopswap") / cost("loopswap-untimed") - 1.0) * 100.0
+    );
+    let json = serde_json::json!({
+        "rounds": rounds,
+        "millis": millis,
+        "threads": threads,
+        "calls_per_second_median": medians,
+    });
+    let path = xtask::paths::target().join("bench").join("probes.json");
+    std::fs::create_dir_all(path.parent().context("a folder")?)?;
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("written to {}", path.display());
     Ok(())
 }

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use crate::{initramfs, output, paths, run, setup};
 
 /// `loopswap` for the guest: static musl, release. Its build script builds
-/// the eBPF object with aya-build, which needs bpf-linker on PATH.
+/// the eBPF object with aya-build, which needs bpf-linker on PATH. With it
+/// `pty-run`, which gives the live view a terminal in the tests.
 pub fn loopswap() -> anyhow::Result<()> {
     run(Command::new(env!("CARGO"))
         .current_dir(paths::workspace())
@@ -18,6 +19,8 @@ pub fn loopswap() -> anyhow::Result<()> {
             "--release",
             "--package",
             "loopswap",
+            "--package",
+            "pty-run",
             "--target",
             paths::GUEST_TARGET,
         ])

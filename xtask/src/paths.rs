@@ -68,3 +68,8 @@ pub fn module_build() -> PathBuf {
 pub fn loopswap_binary() -> PathBuf {
     target().join(GUEST_TARGET).join("release").join("loopswap")
 }
+
+/// The guest's pseudo-terminal driver for the live view's test (tests/pty-run).
+pub fn pty_run_binary() -> PathBuf {
+    target().join(GUEST_TARGET).join("release").join("pty-run")
+}

@@ -167,6 +167,7 @@ pub fn run(request: &VmRequest) -> anyhow::Result<VmOutcome> {
         paths::vmlinuz(),
         paths::base_initramfs(),
         paths::loopswap_binary(),
+        paths::pty_run_binary(),
     ] {
         require(&path)?;
     }
@@ -183,6 +184,7 @@ pub fn run(request: &VmRequest) -> anyhow::Result<VmOutcome> {
     let mut overlay = Archive::default();
     overlay.bytes("/cmd", request.script.as_bytes(), 0o644);
     overlay.file("/usr/bin/loopswap", &paths::loopswap_binary())?;
+    overlay.file("/usr/bin/pty-run", &paths::pty_run_binary())?;
     for module in built_modules()? {
         let name = module
             .file_name()

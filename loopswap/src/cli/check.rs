@@ -36,6 +36,7 @@ impl CheckArgs {
             to: Target::parse(&self.new),
             timeout: Duration::from_secs(5),
             keep_old: false,
+            force_wait: false,
             pause_after: None,
         };
         print(&preflight::check(&options)?, self.json)

@@ -5,6 +5,7 @@ mod bench_probe;
 mod check;
 mod doctor;
 mod generate;
+mod live;
 mod status;
 mod swap;
 mod watch;

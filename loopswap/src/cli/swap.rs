@@ -31,9 +31,16 @@ pub struct SwapArgs {
     pub all: bool,
 
     /// Per instance, how long to wait for quiescence before aborting:
-    /// 500ms, 2s, ...
+    /// 500ms, 2s, ... Before its gate closes, each instance's quiescence is
+    /// estimated from how long calls stay inside; a swap estimated to take
+    /// longer is refused up front, with nothing changed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+
+    /// Close the gate even when quiescence is estimated to take longer than
+    /// --timeout (the wait still ends at --timeout).
+    #[arg(long)]
+    pub force_wait: bool,
 
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -49,7 +56,8 @@ pub struct SwapArgs {
     pub keep_old: bool,
 
     /// Tests only: stop after this phase of the first instance (attach,
-    /// gate, drain, quiesce, wait+confirm, transfer) and sleep until killed.
+    /// gate, drain, quiesce, wait+confirm, transfer) and sleep until killed,
+    /// or with PHASE:DURATION for that long.
     #[arg(long, hide = true, value_name = "PHASE")]
     pub test_pause_after: Option<String>,
 }
@@ -62,6 +70,7 @@ impl SwapArgs {
             to: Target::parse(&self.to),
             timeout: self.timeout,
             keep_old: self.keep_old,
+            force_wait: self.force_wait,
             pause_after: self.test_pause_after.clone(),
         };
         if self.dry_run {

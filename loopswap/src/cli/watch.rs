@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::Args;
 use loopswap::{
     counters::{ModuleWatch, WatchOptions},
-    kallsyms::Scope,
+    kallsyms::{self, Scope},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -14,10 +14,19 @@ use tokio::signal::unix::{SignalKind, signal};
 /// distinct threads inside, and missed events (any non-zero value means the
 /// counts cannot be trusted). Threads whose kernel stacks could not be read
 /// since attach (running on a CPU) are listed as unknown, never counted as
-/// outside. Detaches on Ctrl-C or SIGTERM.
+/// outside.
+///
+/// Time in flight: how long calls stayed inside each function (p50, p99,
+/// max, from log2 histograms the probes keep), and from it when the module
+/// (and, for a module built on lsw_core, each instance) will likely be
+/// quiescent.
+///
+/// On a terminal: a full-screen live view (q quits, p pauses, s changes
+/// the sort). Otherwise (a pipe, --once, --json): a table or one JSON object
+/// per snapshot. Detaches on quit, Ctrl-C or SIGTERM.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  loopswap watch lswloop_v1                 # live table, Ctrl-C detaches\n  loopswap watch --once --json lswloop_v1   # one snapshot as JSON"
+    after_help = "Examples:\n  loopswap watch lswloop_v1                 # live view, q detaches\n  loopswap watch --once --json lswloop_v1   # one snapshot as JSON"
 )]
 pub struct WatchArgs {
     /// The module to watch, as named in /proc/modules (e.g. lsw_fixture).
@@ -45,6 +54,11 @@ pub struct WatchArgs {
     /// (kretprobe maxactive, 1 to 4096). Returns past it are counted as missed.
     #[arg(long, default_value_t = WatchOptions::default().max_active)]
     pub max_active: u32,
+
+    /// Benchmarks only: no entry timestamps or time-in-flight histograms
+    /// (to measure what they cost).
+    #[arg(long, hide = true)]
+    pub no_time_in_flight: bool,
 }
 
 /// How long `--once` retries stacks that were unreadable at attach.
@@ -68,7 +82,12 @@ impl WatchArgs {
                 Scope::AllText
             },
             max_active: self.max_active,
-            attribute_instances: false,
+            // A module built on the swap core: its exported functions take
+            // the instance first, so frames and times are per instance too.
+            attribute_instances: loopswap::module::uses_swap_core(&kallsyms::normalize_module_name(
+                &self.module,
+            )),
+            time_in_flight: !self.no_time_in_flight,
         };
         // Attaching takes seconds (symbols, BTF, BPF loads, stack seeding):
         // in the live view on a terminal, a spinner says so (never in
@@ -86,6 +105,9 @@ impl WatchArgs {
             spinner.finish_and_clear();
         }
         let mut watch = attached?;
+        if interactive {
+            return super::live::run(&mut watch, self.interval, instance_names());
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -132,6 +154,20 @@ impl WatchArgs {
         // Dropping the watch detaches every probe.
         Ok(())
     }
+}
+
+/// Instance id → name, from the swap core if it is loaded.
+fn instance_names() -> std::collections::BTreeMap<u32, String> {
+    loopswap::control::Control::open()
+        .and_then(|mut control| control.list())
+        .map(|state| {
+            state
+                .instances
+                .into_iter()
+                .map(|instance| (instance.id, instance.name))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -102,6 +102,10 @@ pub struct InstanceReport {
     pub phases: Vec<PhaseTime>,
     /// Gate closed → gate open, measured by the core.
     pub blackout_us: Option<u64>,
+    /// When the gate closed (the core accepted `begin`), in µs since the
+    /// Unix epoch: to line the blackout up with other logs (fio's, the
+    /// kernel's).
+    pub gate_closed_unix_us: Option<u64>,
     /// Calls that waited at the gate during the swap.
     pub held_calls: Option<u64>,
     pub error: Option<String>,
@@ -642,6 +646,7 @@ async fn swap_one(
         held_calls: None,
         error: None,
         quiescent_in: None,
+        gate_closed_unix_us: None,
         busy_functions: Vec::new(),
         holders: Vec::new(),
         unprovable: false,
@@ -706,6 +711,10 @@ async fn swap_one(
         return Ok(report);
     }
     report.gated = true;
+    report.gate_closed_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|since| since.as_micros() as u64);
     phases.gated = true;
     phases.record(&mut report, "gate", at);
     let deadline = Instant::now() + options.timeout;

@@ -24,18 +24,20 @@ fn bytes_of(hex: &[&str]) -> Vec<u8> {
         .collect()
 }
 
-/// Every screen the terminal showed (after each chunk of output), up to
-/// the program leaving the alternate screen.
-fn screens(recording: &[u8]) -> Vec<String> {
+/// What the terminal (120x40, as pty-run opens it) shows after `output`.
+fn screen_after(output: &[u8]) -> String {
     let mut parser = vt100::Parser::new(40, 120, 0);
-    let mut shown = Vec::new();
-    for chunk in recording.chunks(256) {
-        parser.process(chunk);
-        if parser.screen().alternate_screen() {
-            shown.push(parser.screen().contents());
-        }
-    }
-    shown
+    parser.process(output);
+    parser.screen().contents()
+}
+
+/// Where `needle` first (or, with `last`, last) occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8], last: bool) -> Option<usize> {
+    let mut hits = haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle);
+    if last { hits.next_back() } else { hits.next() }.map(|(at, _)| at)
 }
 
 #[test]
@@ -116,7 +118,7 @@ echo "== refs-before"; refs
 (sleep 4; refs > /tmp/refs.during) &
 (while true; do dd if=/dev/lswloop0 of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null; done) &
 load=$!
-echo "== pty"; pty-run /tmp/tty.out "3s:s,1s:p,2s:p,2s:q" loopswap watch --interval 300ms lswloop_v1
+echo "== pty"; pty-run /tmp/tty.out "until=detaches,2s:s,1s:p,2s:p,2s:q" loopswap watch --interval 300ms lswloop_v1
 kill $load
 echo "== refs-during"; cat /tmp/refs.during
 echo "== refs-after"; refs
@@ -141,23 +143,33 @@ echo "== end"
     assert_eq!(section(out, "events"), ["0"], "{out}");
 
     let recording = bytes_of(&section(out, "screen"));
-    let shown = screens(&recording);
-    let first = shown
-        .iter()
-        // A whole frame: drawn down to the key help at the bottom.
-        .find(|screen| screen.contains("FUNCTION") && screen.contains("q quit"))
-        .unwrap_or_else(|| panic!("never drew a table: {:?}", String::from_utf8_lossy(&recording)));
+    let text = || String::from_utf8_lossy(&recording).into_owned();
+    // The first frame: everything up to the last word of its last line
+    // (words, not lines: cells that stay blank are skipped, not written).
+    let footer = b"column";
+    let first_end = find(&recording, footer, false).unwrap_or_else(|| panic!("never drew: {:?}", text()));
+    let first = screen_after(&recording[..first_end + footer.len()]);
     assert!(first.contains("loopswap watch lswloop_v1"), "{first}");
     assert!(first.contains("sorted by in flight"), "{first}");
+    assert!(first.contains("FUNCTION"), "{first}");
     assert!(first.contains("QUIESCENT IN"), "the instance table: {first}");
     assert!(first.contains("lswloop0"), "instances by name: {first}");
-    let last = shown.last().unwrap();
+    // The last frame: everything before it left the alternate screen.
+    let leave = find(&recording, b"\x1b[?1049l", true).unwrap_or_else(|| panic!("never left: {:?}", text()));
+    assert!(leave > first_end, "{:?}", text());
+    let last = screen_after(&recording[..leave]);
     assert!(last.contains("sorted by calls/s"), "s changed the sort: {last}");
     assert!(last.contains("lswloop_v1_queue_rq"), "{last}");
     assert!(!last.contains("PAUSED"), "p again resumed: {last}");
-    assert!(shown.iter().any(|screen| screen.contains("PAUSED")), "p paused");
+    assert!(
+        (first_end..leave)
+            .step_by(64)
+            .any(|at| screen_after(&recording[..at]).contains("PAUSED")),
+        "p paused: {:?}",
+        text()
+    );
     // The header counts refreshes: it updated several times (every
-    // 300 ms for about 8 s, less the 2 s paused).
+    // 300 ms for about 7 s, less the 2 s paused).
     let refreshes = |screen: &str| -> u32 {
         let at = screen.find("refresh ").expect("a refresh count") + "refresh ".len();
         screen[at..]
@@ -167,8 +179,5 @@ echo "== end"
             .parse()
             .unwrap()
     };
-    assert!(refreshes(last) >= refreshes(first) + 5, "{first}\n---\n{last}");
-    // Left the alternate screen and restored the terminal on the way out.
-    let tail = String::from_utf8_lossy(&recording[recording.len().saturating_sub(64)..]).into_owned();
-    assert!(tail.contains("\x1b[?1049l"), "{tail:?}");
+    assert!(refreshes(&last) >= refreshes(&first) + 5, "{first}\n---\n{last}");
 }

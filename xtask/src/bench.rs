@@ -27,8 +27,10 @@ pub enum Which {
     },
     /// Blackout (gate closed -> open) of `loopswap swap` on lswloop0 while
     /// fio writes to ext4 on it (direct and buffered jobs), alternating
-    /// v1 -> v2 -> v1; median and max over all swaps, with the median of
-    /// each phase.
+    /// v1 -> v2 -> v1, against fio's own latency without swaps, the slowest
+    /// I/O in gate windows against control windows, a naive module reload,
+    /// and idle swaps with 0 / 250 / 2,000 extra threads. Writes
+    /// target/bench/swap.json and two SVG pictures beside it.
     Swap {
         /// Number of swaps.
         #[arg(long, default_value_t = 20)]
@@ -97,17 +99,40 @@ add disk0 256
 insmod /modules/lswloop_v2.ko
 mkfs.ext4 -q /dev/lswloop0
 mount -t ext4 /dev/lswloop0 /mnt
-fio --directory=/mnt --size=16M --bs=4k --rw=randwrite --ioengine=psync --time_based --runtime=3600 \
-    --name=direct --direct=1 --name=buffered --direct=0 > /tmp/fio.txt 2>&1 &
+jobs="--directory=/mnt --size=16M --bs=4k --rw=randwrite --ioengine=psync --time_based"
+# The workload's own latency, without swaps.
+fio $jobs --runtime={quiet} --name=direct --direct=1 --name=buffered --direct=0 \
+    --output-format=json > /tmp/quiet.json
+echo "QUIET $(tr -d '\n' < /tmp/quiet.json)"
+# The same workload with swaps: the direct job logs its worst I/O latency
+# per 10 ms (Unix epoch ms), first {control} s without swaps (the control
+# windows), then across the swaps.
+fio $jobs --runtime=3600 --name=direct --direct=1 --write_lat_log=/tmp/lat --log_avg_msec=10 \
+    --log_max_value=1 --log_unix_epoch=1 --name=buffered --direct=0 > /tmp/fio.txt 2>&1 &
 fio=$!
-sleep 2
+sleep {control}
 for i in $(seq {swaps}); do
     if [ $((i % 2)) = 1 ]; then to=lswloop_v2; else to=lswloop_v1; fi
     kill -0 $fio
     echo "SWAP $(loopswap swap lswloop0 --to $to --keep-old --json)"
 done
+sleep 1
 kill -INT $fio
 wait $fio || true
+sed 's/^/LAT /' /tmp/lat_clat.1.log
+# The alternative without loopswap: stop using the device, unload and load
+# the module, set the device up again (fio would restart after this).
+now() {{ sed -n 's/^now at \([0-9]*\) nsecs$/\1/p' /proc/timer_list | head -1; }}
+impl=$(sed -n 's/^lswloop0 .*impl=\([a-z0-9_]*\).*/\1/p' /sys/kernel/lswloop/devices)
+t0=$(now)
+umount /mnt
+echo lswloop0 > /sys/kernel/lswloop/remove
+rmmod $impl
+insmod /modules/$impl.ko
+echo /tmp/disk0.img > /sys/kernel/lswloop/add
+mount -t ext4 /dev/lswloop0 /mnt
+t1=$(now)
+echo "RELOAD $((t1 - t0))"
 umount /mnt
 fsck.ext4 -fn /dev/lswloop0 > /dev/null
 # Idle swaps with more and more idle threads in the system: the blackout
@@ -121,8 +146,40 @@ for extra in 0 250 2000; do
     done
 done
 "#,
-        setup = vm::LSWLOOP_SETUP
+        setup = vm::LSWLOOP_SETUP,
+        quiet = QUIET_SECONDS,
+        control = CONTROL_SECONDS,
     )
+}
+
+/// Seconds of fio alone, for the workload's own latency percentiles.
+const QUIET_SECONDS: u32 = 15;
+/// Seconds of the logged fio run before the first swap: the control windows.
+const CONTROL_SECONDS: u32 = 10;
+
+/// The committed swap reports of the lines starting with `prefix`.
+fn reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str, serde_json::Value)>> {
+    let mut found = Vec::new();
+    for line in output.lines() {
+        let Some(rest) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        let (tag, json) = match rest.split_once(' ') {
+            Some((tag, json)) if !tag.starts_with('{') => (tag, json),
+            _ => ("", rest),
+        };
+        let report: serde_json::Value = serde_json::from_str(json).context("a swap report")?;
+        if report["instances"][0]["committed"] != true {
+            bail!("a swap did not commit: {report}");
+        }
+        found.push((tag, report));
+    }
+    Ok(found)
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() as f64 * q) as usize).min(values.len() - 1)]
 }
 
 fn swap(swaps: u32) -> anyhow::Result<()> {
@@ -133,36 +190,72 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     request.timeout = std::time::Duration::from_secs(600 + 30 * u64::from(swaps));
     let outcome = vm::run(&request)?;
     outcome.check()?;
-    let mut scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-    for line in outcome.output.lines() {
-        let Some(rest) = line.strip_prefix("SCALE ") else {
+    let output = &outcome.output;
+
+    // The workload alone: the direct job's completion latency percentiles.
+    let quiet: serde_json::Value = serde_json::from_str(
+        output
+            .lines()
+            .find_map(|line| line.strip_prefix("QUIET "))
+            .context("no quiet fio run in the output")?,
+    )
+    .context("fio's JSON")?;
+    let direct = quiet["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|job| job["jobname"] == "direct"))
+        .context("the direct job in fio's JSON")?;
+    let clat = |q: &str| {
+        direct["write"]["clat_ns"]["percentile"][q]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            / 1000.0
+    };
+    let (quiet_p99_us, quiet_p999_us) = (clat("99.000000"), clat("99.900000"));
+
+    // Worst I/O latency per 10 ms window of the logged run.
+    let mut latency: Vec<(u64, f64)> = Vec::new();
+    for line in output.lines() {
+        let Some(rest) = line.strip_prefix("LAT ") else {
             continue;
         };
-        let (extra, json) = rest.split_once(' ').context("a SCALE line")?;
-        let report: serde_json::Value = serde_json::from_str(json).context("a swap report")?;
-        let instance = &report["instances"][0];
-        if instance["committed"] != true {
-            bail!("an idle swap did not commit: {report}");
-        }
-        scaling
-            .entry(extra.parse().context("extra threads")?)
-            .or_default()
-            .push(instance["blackout_us"].as_f64().context("blackout_us")?);
+        let mut fields = rest.split(',').map(str::trim);
+        let (Some(ms), Some(ns)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        latency.push((
+            ms.parse().context("a log time")?,
+            ns.parse::<f64>().context("a latency")? / 1000.0,
+        ));
+    }
+    if latency.is_empty() {
+        bail!("fio wrote no latency log\n{}", outcome.tail());
+    }
+    let first_ms = latency.iter().map(|(ms, _)| *ms).min().unwrap_or(0);
+
+    let swapped = reports(output, "SWAP ")?;
+    if swapped.len() != swaps as usize {
+        bail!(
+            "{} of {swaps} swap reports found\n{}",
+            swapped.len(),
+            outcome.tail()
+        );
     }
     let mut blackouts = Vec::new();
     let mut held = Vec::new();
+    let mut whole = Vec::new();
+    let mut windows_ms = Vec::new();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for line in outcome.output.lines() {
-        let Some(json) = line.strip_prefix("SWAP ") else {
-            continue;
-        };
-        let report: serde_json::Value = serde_json::from_str(json).context("a swap report")?;
+    for (_, report) in &swapped {
         let instance = &report["instances"][0];
-        if instance["committed"] != true {
-            bail!("a swap did not commit: {report}");
-        }
-        blackouts.push(instance["blackout_us"].as_f64().context("blackout_us")?);
+        let blackout = instance["blackout_us"].as_f64().context("blackout_us")?;
+        blackouts.push(blackout);
         held.push(instance["held_calls"].as_f64().unwrap_or(0.0));
+        whole.push(report["micros"].as_f64().unwrap_or(0.0) / 1000.0);
+        let closed_ms = instance["gate_closed_unix_us"]
+            .as_f64()
+            .context("gate_closed_unix_us")?
+            / 1000.0;
+        windows_ms.push((closed_ms, closed_ms + blackout / 1000.0));
         for phase in instance["phases"].as_array().context("phases")? {
             let name = phase["phase"].as_str().unwrap_or("?").to_owned();
             phases
@@ -171,21 +264,115 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
                 .push(phase["micros"].as_f64().unwrap_or(0.0));
         }
     }
-    if blackouts.len() != swaps as usize {
-        bail!(
-            "{} of {swaps} swap reports found\n{}",
-            blackouts.len(),
-            outcome.tail()
+    // The slowest I/O completing in each gate window (a log window that
+    // overlaps it), against the same-length window at the same offset in
+    // the control seconds before the first swap.
+    let worst_in = |from: f64, to: f64| -> f64 {
+        latency
+            .iter()
+            .filter(|(ms, _)| (*ms as f64) + 10.0 >= from && (*ms as f64) <= to + 10.0)
+            .map(|(_, us)| *us)
+            .fold(0.0, f64::max)
+    };
+    let first_swap_ms = windows_ms.first().map_or(0.0, |w| w.0);
+    let mut gate_worst: Vec<f64> = windows_ms.iter().map(|(from, to)| worst_in(*from, *to)).collect();
+    let mut control_worst: Vec<f64> = windows_ms
+        .iter()
+        .enumerate()
+        .map(|(i, (from, to))| {
+            // Spread over the control seconds, clear of the first swap.
+            let span = (first_swap_ms - first_ms as f64 - 1000.0).max(1000.0);
+            let start = first_ms as f64 + 500.0 + span * (i as f64 / windows_ms.len() as f64);
+            worst_in(start, start + (to - from))
+        })
+        .collect();
+    let worst_with: f64 = latency
+        .iter()
+        .filter(|(ms, _)| *ms as f64 >= first_swap_ms)
+        .map(|(_, us)| *us)
+        .fold(0.0, f64::max);
+    let worst_without: f64 = latency
+        .iter()
+        .filter(|(ms, _)| (*ms as f64) < first_swap_ms - 100.0)
+        .map(|(_, us)| *us)
+        .fold(0.0, f64::max);
+
+    let reload_ms = output
+        .lines()
+        .find_map(|line| line.strip_prefix("RELOAD "))
+        .and_then(|ns| ns.trim().parse::<f64>().ok())
+        .map(|ns| ns / 1e6);
+
+    let mut scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for (extra, report) in reports(output, "SCALE ")? {
+        scaling
+            .entry(extra.parse().context("extra threads")?)
+            .or_default()
+            .push(
+                report["instances"][0]["blackout_us"]
+                    .as_f64()
+                    .context("blackout_us")?,
+            );
+    }
+
+    let blackout_median = median(&mut blackouts);
+    let blackout_p99 = percentile(&mut blackouts, 0.99);
+    let blackout_max = blackouts.iter().copied().fold(0.0, f64::max);
+    println!("\nswap bench: {swaps} swaps of lswloop0 (v1 <-> v2) under fio on ext4 (qemu TCG)");
+    println!("{:<58} {:>12}", "figure", "value");
+    let row = |name: &str, value: String| println!("{name:<58} {value:>12}");
+    row(
+        "blackout (gate closed -> open) median",
+        format!("{:.1} ms", blackout_median / 1000.0),
+    );
+    row("blackout p99", format!("{:.1} ms", blackout_p99 / 1000.0));
+    row("blackout max", format!("{:.1} ms", blackout_max / 1000.0));
+    row(
+        "fio direct job clat p99, no swaps",
+        format!("{:.2} ms", quiet_p99_us / 1000.0),
+    );
+    row(
+        "fio direct job clat p99.9, no swaps",
+        format!("{:.2} ms", quiet_p999_us / 1000.0),
+    );
+    row(
+        "blackout median / p99.9 without swaps",
+        format!("{:.2}x", blackout_median / quiet_p999_us),
+    );
+    let gate_median = median(&mut gate_worst);
+    let control_median = median(&mut control_worst);
+    row(
+        "slowest I/O in a gate window, median over swaps",
+        format!("{:.1} ms", gate_median / 1000.0),
+    );
+    row(
+        "slowest I/O in the same windows without swaps",
+        format!("{:.1} ms", control_median / 1000.0),
+    );
+    row("  ratio", format!("{:.2}x", gate_median / control_median));
+    row(
+        "worst I/O of the run, with swaps",
+        format!("{:.1} ms", worst_with / 1000.0),
+    );
+    row(
+        "worst I/O of the run, before the first swap",
+        format!("{:.1} ms", worst_without / 1000.0),
+    );
+    row(
+        "whole swap (report to report), median",
+        format!("{:.0} ms", median(&mut whole)),
+    );
+    row(
+        "calls held at the gate per swap, median",
+        format!("{:.0}", median(&mut held)),
+    );
+    if let Some(reload) = reload_ms {
+        row(
+            "naive reload: umount .. rmmod, insmod .. mount",
+            format!("{reload:.1} ms"),
         );
     }
-    let max = blackouts.iter().copied().fold(0.0, f64::max);
-    println!("\nswap blackout: {swaps} swaps of lswloop0 (v1 <-> v2) under fio on ext4 (qemu TCG)");
-    println!(
-        "blackout (gate closed -> open): median {:.0} us, max {max:.0} us",
-        median(&mut blackouts)
-    );
-    println!("calls held at the gate per swap: median {:.0}", median(&mut held));
-    println!("{:<14} {:>12}", "phase", "median ms");
+    println!("\n{:<14} {:>12}", "phase", "median ms");
     let mut phase_medians = BTreeMap::new();
     for (name, mut values) in phases {
         let value = median(&mut values) / 1000.0;
@@ -202,16 +389,61 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     for (extra, value) in &scale_medians {
         println!("{extra:<14} {value:>12.0} {:>9.2}x", value / base);
     }
+
+    let folder = xtask::paths::target().join("bench");
+    let samples: Vec<(f64, f64)> = latency
+        .iter()
+        .map(|(ms, us)| ((ms - first_ms) as f64 / 1000.0, *us))
+        .collect();
+    let windows: Vec<(f64, f64)> = windows_ms
+        .iter()
+        .map(|(from, to)| ((from - first_ms as f64) / 1000.0, (to - first_ms as f64) / 1000.0))
+        .collect();
+    let mut bars = vec![
+        (
+            "loopswap blackout, median under fio".to_owned(),
+            blackout_median / 1000.0,
+        ),
+        (
+            "loopswap blackout, max under fio".to_owned(),
+            blackout_max / 1000.0,
+        ),
+        (
+            "loopswap blackout, idle, 2,000 extra threads".to_owned(),
+            scale_medians.get(&2000).copied().unwrap_or(f64::NAN) / 1000.0,
+        ),
+        (
+            "fio's own p99.9 I/O latency, no swaps".to_owned(),
+            quiet_p999_us / 1000.0,
+        ),
+    ];
+    if let Some(reload) = reload_ms {
+        bars.push(("naive reload (umount .. mount), fio stopped".to_owned(), reload));
+    }
+    let pictures = crate::plot::write_swap_pictures(&folder, &samples, &windows, &bars)?;
     let json = serde_json::json!({
         "swaps": swaps,
-        "blackout_us": { "median": median(&mut blackouts), "max": max },
+        "blackout_us": { "median": blackout_median, "p99": blackout_p99, "max": blackout_max },
+        "fio_direct_no_swaps_clat_us": { "p99": quiet_p99_us, "p99.9": quiet_p999_us },
+        "slowest_io_us": {
+            "gate_windows_median": gate_median,
+            "control_windows_median": control_median,
+            "run_with_swaps": worst_with,
+            "before_first_swap": worst_without,
+        },
+        "whole_swap_median_ms": median(&mut whole),
+        "naive_reload_ms": reload_ms,
         "phase_median_ms": phase_medians,
         "idle_blackout_median_us_by_extra_threads": scale_medians,
     });
-    let path = xtask::paths::target().join("bench").join("swap.json");
-    std::fs::create_dir_all(path.parent().context("a folder")?)?;
+    let path = folder.join("swap.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    println!("written to {}", path.display());
+    println!(
+        "written to {}, {} and {}",
+        path.display(),
+        pictures[0].display(),
+        pictures[1].display()
+    );
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod plot;
 
 use std::{path::PathBuf, process::Command, time::Duration};
 

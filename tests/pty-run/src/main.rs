@@ -1,9 +1,10 @@
 //! `pty-run OUTPUT KEYS COMMAND [ARG...]`: runs COMMAND on a new
 //! pseudo-terminal of 120x40, as the session leader with the terminal as its
-//! controlling terminal; writes everything it draws to OUTPUT; types KEYS,
-//! a comma-separated list of `DELAY:KEY` (e.g. `3s:s,1s:p,2s:q`), each key
-//! after its delay; then waits up to 20 s for COMMAND to exit and exits
-//! with its status (124 if it had to be killed).
+//! controlling terminal; writes everything it draws to OUTPUT; follows
+//! KEYS, a comma-separated list of steps: `DELAY:KEY` types KEY after
+//! DELAY, `until=TEXT` waits (up to 60 s) until COMMAND has drawn TEXT
+//! (e.g. `until=detaches,2s:s,1s:p,2s:q`); then waits up to 20 s for COMMAND
+//! to exit and exits with its status (124 if it had to be killed).
 //!
 //! The guest's busybox has no `script`; this is the least that gives a
 //! program a real terminal, so that its terminal code runs as a user's would.
@@ -13,16 +14,26 @@ use std::{
     io::{Read as _, Write as _},
     os::unix::process::CommandExt as _,
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use nix::pty::{Winsize, openpty};
 
-fn parse_keys(keys: &str) -> anyhow::Result<Vec<(Duration, u8)>> {
+/// One step of the key script.
+enum Step {
+    Type(Duration, u8),
+    Until(String),
+}
+
+fn parse_keys(keys: &str) -> anyhow::Result<Vec<Step>> {
     keys.split(',')
         .filter(|step| !step.is_empty())
         .map(|step| {
+            if let Some(text) = step.strip_prefix("until=") {
+                return Ok(Step::Until(text.to_owned()));
+            }
             let (delay, key) = step
                 .rsplit_once(':')
                 .with_context(|| format!("key step {step:?}: write DELAY:KEY, e.g. 2s:q"))?;
@@ -32,7 +43,7 @@ fn parse_keys(keys: &str) -> anyhow::Result<Vec<(Duration, u8)>> {
                 key if key.len() == 1 => key.as_bytes()[0],
                 key => bail!("key {key:?}: one character, esc or ctrl-c"),
             };
-            Ok((humantime::parse_duration(delay)?, key))
+            Ok(Step::Type(humantime::parse_duration(delay)?, key))
         })
         .collect()
 }
@@ -75,20 +86,49 @@ fn main() -> anyhow::Result<()> {
     let mut master = File::from(pty.master);
     let mut reader = master.try_clone()?;
     let mut recording = File::create(output).with_context(|| format!("creating {output}"))?;
-    let copier = std::thread::spawn(move || {
-        let mut buffer = [0u8; 4096];
-        // EIO once the last holder of the terminal's other side is gone.
-        while let Ok(read) = reader.read(&mut buffer) {
-            if read == 0 || recording.write_all(&buffer[..read]).is_err() {
-                break;
+    let drawn = Arc::new(Mutex::new(Vec::new()));
+    let copier = {
+        let drawn = Arc::clone(&drawn);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // EIO once the last holder of the terminal's other side is gone.
+            while let Ok(read) = reader.read(&mut buffer) {
+                if read == 0 || recording.write_all(&buffer[..read]).is_err() {
+                    break;
+                }
+                drawn
+                    .lock()
+                    .expect("no panics")
+                    .extend_from_slice(&buffer[..read]);
+            }
+        })
+    };
+    for step in keys {
+        match step {
+            Step::Type(delay, key) => {
+                std::thread::sleep(delay);
+                // A program that already quit no longer reads: that is its
+                // test's business, not an error here.
+                let _ = master.write_all(&[key]);
+            }
+            Step::Until(text) => {
+                let until = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let seen = {
+                        let drawn = drawn.lock().expect("no panics");
+                        drawn.windows(text.len()).any(|window| window == text.as_bytes())
+                    };
+                    if seen {
+                        break;
+                    }
+                    if Instant::now() > until || child.try_wait()?.is_some() {
+                        eprintln!("pty-run: {command} never drew {text:?}");
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
-    });
-    for (delay, key) in keys {
-        std::thread::sleep(delay);
-        // A program that already quit no longer reads: that is its test's
-        // business, not an error here.
-        let _ = master.write_all(&[key]);
     }
     let until = Instant::now() + Duration::from_secs(20);
     let status = loop {

@@ -238,7 +238,7 @@ pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
 /// added by userspace with 0; set to 1 once a timer tick finds the thread
 /// in user mode, where it holds no kernel frame at all.
 #[map]
-static USER_TICKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNREAD_THREADS, 0);
+static USER_TICKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNREAD_THREADS, BPF_F_NO_PREALLOC);
 
 /// On `account_process_tick(p, user_tick)`, run by every timer tick in the
 /// interrupted thread's context.
@@ -264,7 +264,7 @@ static SCAN_CONFIG: Array<u64> = Array::with_max_entries(SCAN_CONFIG_SLOTS, 0);
 /// by a scan → [their context-switch count then, their start time] (the
 /// start time tells a task from a later one that reuses its id).
 #[map]
-static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_CLEAN, 0);
+static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_CLEAN, BPF_F_NO_PREALLOC);
 
 /// One task's kernel stack, as `bpf_get_task_stack` writes it.
 #[map]

@@ -11,6 +11,7 @@ use crate::Error;
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_FUNC: u32 = 12;
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
@@ -48,6 +49,19 @@ pub fn member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMa
 /// Byte offsets of those of `members` that the first struct named `name`
 /// in `btf` has; `None` if there is no such struct.
 fn present_member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMap<String, u64>> {
+    scan(btf, name, members, None).and_then(|found| found.members)
+}
+
+/// What one pass over a BTF blob found.
+#[derive(Debug, Default)]
+struct Found {
+    members: Option<HashMap<String, u64>>,
+    func_id: Option<u32>,
+}
+
+/// One pass over `btf`: the offsets of `members` of the first struct named
+/// `name`, and the type id of the function named `func` (if asked).
+fn scan(btf: &[u8], name: &str, members: &[&str], func: Option<&str>) -> Option<Found> {
     if u16::from_le_bytes(btf.get(0..2)?.try_into().ok()?) != MAGIC {
         return None;
     }
@@ -56,15 +70,18 @@ fn present_member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<Ha
     let (str_off, str_len) = (u32_at(btf, 16)? as usize, u32_at(btf, 20)? as usize);
     let types = btf.get(header_len + type_off..header_len + type_off + type_len)?;
     let strings = btf.get(header_len + str_off..header_len + str_off + str_len)?;
+    let mut found = Found::default();
     let mut at = 0;
+    // Type ids count the records from 1 (0 is void).
+    let mut id = 1;
     while at + 12 <= types.len() {
         let (name_off, info) = (u32_at(types, at)?, u32_at(types, at + 4)?);
         let kind = (info >> 24) & 0x1f;
         let vlen = (info & 0xffff) as usize;
         let kind_flag = info >> 31 == 1;
         let body = at + 12;
-        if kind == KIND_STRUCT && string_at(strings, name_off) == Some(name) {
-            let mut found = HashMap::new();
+        if kind == KIND_STRUCT && found.members.is_none() && string_at(strings, name_off) == Some(name) {
+            let mut offsets = HashMap::new();
             for member in 0..vlen {
                 let record = body + 12 * member;
                 let member_name = string_at(strings, u32_at(types, record)?)?;
@@ -72,34 +89,59 @@ fn present_member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<Ha
                 // With kind_flag the low 24 bits are the bit offset.
                 let bits = if kind_flag { bits & 0x00ff_ffff } else { bits };
                 if members.contains(&member_name) && bits % 8 == 0 {
-                    found.insert(member_name.to_owned(), u64::from(bits / 8));
+                    offsets.insert(member_name.to_owned(), u64::from(bits / 8));
                 }
             }
-            return Some(found);
+            found.members = Some(offsets);
+        }
+        if kind == KIND_FUNC
+            && found.func_id.is_none()
+            && func.is_some()
+            && string_at(strings, name_off) == func
+        {
+            found.func_id = Some(id);
+        }
+        if found.members.is_some() && (func.is_none() || found.func_id.is_some()) {
+            break;
         }
         at = body + extra_bytes(kind, vlen)?;
+        id += 1;
     }
-    None
+    Some(found)
 }
 
-/// Offsets of `task_struct` members in the running kernel, by name; those
-/// it does not have are missing from the map.
-pub fn task_offsets(members: &[&str]) -> Result<HashMap<String, u64>, Error> {
+/// What the task scan needs from the running kernel's BTF, read once.
+#[derive(Debug, Default)]
+pub struct TaskScanBtf {
+    /// Offsets of `task_struct` members by name; those the kernel does not
+    /// have are missing.
+    pub task_offsets: HashMap<String, u64>,
+    /// The type id of `bpf_iter_task`, the attach point of a task iterator.
+    pub iter_task_id: Option<u32>,
+}
+
+/// Reads `/sys/kernel/btf/vmlinux` for the task scan.
+pub fn task_scan_btf(members: &[&str]) -> Result<TaskScanBtf, Error> {
     const PATH: &str = "/sys/kernel/btf/vmlinux";
     let btf = std::fs::read(PATH).map_err(|cause| Error::Io {
         path: PATH.into(),
         cause,
     })?;
-    Ok(present_member_offsets(&btf, "task_struct", members).unwrap_or_default())
+    let found = scan(&btf, "task_struct", members, Some("bpf_iter_task")).unwrap_or_default();
+    Ok(TaskScanBtf {
+        task_offsets: found.members.unwrap_or_default(),
+        iter_task_id: found.func_id,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A BTF blob: an INT, then struct task_struct { int state; int pid; int tgid; }.
+    /// A BTF blob: an INT, then struct task_struct { int state; int pid;
+    /// int tgid; }, then a FUNC bpf_iter_task (type id 3).
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0task_struct\0state\0pid\0tgid\0";
+        let strings = b"\0int\0task_struct\0state\0pid\0tgid\0bpf_iter_task\0";
         let mut types = Vec::new();
         let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
         push(&[1, 1 << 24, 4, 32]); // INT "int", size 4, 32 bits
@@ -107,6 +149,7 @@ mod tests {
         push(&[17, 1, 0]); // state at bit 0
         push(&[23, 1, 32]); // pid at bit 32
         push(&[27, 1, 64]); // tgid at bit 64
+        push(&[32, KIND_FUNC << 24, 0]); // FUNC "bpf_iter_task"
         let mut blob = Vec::new();
         blob.extend(MAGIC.to_le_bytes());
         blob.extend([1u8, 0]);
@@ -131,5 +174,12 @@ mod tests {
         assert_eq!(offsets["tgid"], 8);
         assert!(member_offsets(&sample(), "task_struct", &["nope"]).is_none());
         assert!(member_offsets(b"garbage", "task_struct", &["pid"]).is_none());
+    }
+
+    #[test]
+    fn function_type_ids_count_records_from_one() {
+        let found = scan(&sample(), "task_struct", &["pid"], Some("bpf_iter_task")).unwrap();
+        assert_eq!(found.func_id, Some(3));
+        assert_eq!(found.members.unwrap()["pid"], 4);
     }
 }

@@ -28,8 +28,8 @@ use loopswap_common::{
 use crate::{
     Error,
     kallsyms::{self, Function, Scope},
-    kprobe_multi::{self, MultiLink},
     module,
+    raw_bpf::{self, MultiLink, TaskIterator},
     snapshot::{FunctionCount, InstanceCount, Snapshot},
     stacks::{self, Stack, TaskId},
     time_in_flight::{self, Estimate, TimeSummary},
@@ -101,9 +101,11 @@ pub struct ModuleWatch {
     multi_refused: Option<String>,
     /// Concurrent calls whose returns must be followable (see attach_multi).
     max_active: u32,
-    /// Whether the task iterator (`lsw_scan_tasks`) finds the tasks to
-    /// read stacks of; otherwise every task's `/proc` stack is read.
-    task_scan: bool,
+    /// The task iterator (`lsw_scan_tasks`) that finds the tasks to read
+    /// stacks of; without it every task's `/proc` stack is read.
+    task_scan: Option<TaskIterator>,
+    /// Why there is no task iterator, if there is none.
+    task_scan_refused: Option<String>,
     ebpf: Ebpf,
 }
 
@@ -111,6 +113,17 @@ const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
 
 /// The task iterator that finds tasks inside the module.
 const SCAN_PROGRAM: &str = "lsw_scan_tasks";
+
+/// The `task_struct` members the task scan reads.
+const TASK_MEMBERS: [&str; 7] = [
+    "pid",
+    "tgid",
+    "nvcsw",
+    "nivcsw",
+    "__state",
+    "on_cpu",
+    "start_time",
+];
 
 /// Frames on a stack that the probes have not seen enter.
 enum Untracked {
@@ -129,10 +142,17 @@ impl ModuleWatch {
         }
         module::check_root()?;
         module::check_live(&module)?;
-        let kallsyms = std::fs::read_to_string("/proc/kallsyms").map_err(|cause| Error::Io {
-            path: "/proc/kallsyms".into(),
-            cause,
-        })?;
+        // The two slow reads side by side: the module's symbols (the kernel
+        // formats every symbol before them) and the kernel's BTF.
+        let (kallsyms, task_scan_btf) = std::thread::scope(|scope| {
+            let btf = scope.spawn(|| crate::btf::task_scan_btf(&TASK_MEMBERS));
+            let kallsyms = kallsyms::module_symbols(&module).map_err(|cause| Error::Io {
+                path: "/proc/kallsyms".into(),
+                cause,
+            });
+            (kallsyms, btf.join().expect("the BTF scan does not panic"))
+        });
+        let kallsyms = kallsyms?;
         let tracefs = tracefs::root()?;
         let functions = kallsyms::module_functions(&kallsyms, &module, options.scope);
         if functions.is_empty() {
@@ -154,16 +174,13 @@ impl ModuleWatch {
         }
         tracefs::remove_stale_events(&tracefs)?;
 
-        // Parsed once, for the object's load and the task scan's.
-        let btf = aya::Btf::from_sys_fs().map_err(|err| Error::Io {
-            path: "/sys/kernel/btf/vmlinux".into(),
-            cause: std::io::Error::other(err),
-        })?;
+        // No CO-RE relocation needs the kernel's BTF: aya is told not to
+        // parse it (the task iterator's attach point comes from the scan).
         let mut ebpf = aya::EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(None)
             .map_max_entries("TIME_BY_FUNCTION", functions.len() as u32)
             .load(OBJECT)?;
-        let maps = kprobe_multi::map_descriptors(&ebpf)?;
+        let maps = raw_bpf::map_descriptors(&ebpf)?;
         let mut func_by_addr: BpfHashMap<MapData, u64, FunctionInfo> =
             BpfHashMap::try_from(take_map(&mut ebpf, "FUNC_BY_ADDR")?)?;
         for (index, function) in functions.iter().enumerate() {
@@ -181,13 +198,6 @@ impl ModuleWatch {
                 func_by_addr.insert(address, info, 0)?;
             }
         }
-        for name in PROGRAMS {
-            let program: &mut KProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| aya::programs::ProgramError::UnexpectedProgramType)?
-                .try_into()?;
-            program.load()?;
-        }
         let mut scan_config: aya::maps::Array<MapData, u64> =
             aya::maps::Array::try_from(take_map(&mut ebpf, "SCAN_CONFIG")?)?;
         let mut counter_config: aya::maps::Array<MapData, u64> =
@@ -195,7 +205,8 @@ impl ModuleWatch {
         // Before any probe is armed, so that every stamp is consistent.
         counter_config.set(CONFIG_TIME_IN_FLIGHT, u64::from(options.time_in_flight), 0)?;
         let mut watch = Self {
-            task_scan: false,
+            task_scan: None,
+            task_scan_refused: None,
             links: Vec::new(),
             probes: Vec::new(),
             inflight: BpfHashMap::try_from(take_map(&mut ebpf, "INFLIGHT")?)?,
@@ -233,7 +244,10 @@ impl ModuleWatch {
             .collect();
         // Without the iterator (no BTF, an older kernel) every task's
         // /proc stack is read instead: slower, the same answer.
-        watch.task_scan = watch.prepare_task_scan(&btf, &mut scan_config).is_ok();
+        match task_scan_btf.and_then(|btf| watch.prepare_task_scan(&btf, &maps, &mut scan_config)) {
+            Ok(iterator) => watch.task_scan = Some(iterator),
+            Err(why) => watch.task_scan_refused = Some(why.to_string()),
+        }
         watch.attach_tick()?;
         // One link per direction for all functions; per-function tracefs
         // probes where kprobe.multi is missing (no CONFIG_FPROBE) or
@@ -242,6 +256,15 @@ impl ModuleWatch {
         if let Err(multi) = watch.attach_multi(&maps) {
             watch.multi_refused = Some(multi.to_string());
             ensure_file_descriptors(&watch.module, watch.functions.len())?;
+            // Loaded by aya only here: kprobe.multi loads its own copies.
+            for name in PROGRAMS {
+                let program: &mut KProbe = watch
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+                    .try_into()?;
+                program.load()?;
+            }
             watch.attach_all(options.max_active)?;
         }
         watch.armed_ns = time_in_flight::monotonic_ns();
@@ -267,19 +290,18 @@ impl ModuleWatch {
     /// to 64 KiB past the highest: wider than the module is harmless (a
     /// task found is then checked on its `/proc` stack, by name and module).
     fn prepare_task_scan(
-        &mut self,
-        btf: &aya::Btf,
+        &self,
+        btf: &crate::btf::TaskScanBtf,
+        maps: &[(String, std::os::fd::RawFd)],
         config: &mut aya::maps::Array<MapData, u64>,
-    ) -> Result<(), Error> {
-        let offsets = crate::btf::task_offsets(&[
-            "pid",
-            "tgid",
-            "nvcsw",
-            "nivcsw",
-            "__state",
-            "on_cpu",
-            "start_time",
-        ])?;
+    ) -> Result<TaskIterator, Error> {
+        let offsets = &btf.task_offsets;
+        let Some(btf_id) = btf.iter_task_id else {
+            return Err(Error::Io {
+                path: "/sys/kernel/btf/vmlinux".into(),
+                cause: std::io::Error::other("no bpf_iter_task in the kernel's BTF"),
+            });
+        };
         let (Some(pid), Some(tgid)) = (offsets.get("pid"), offsets.get("tgid")) else {
             return Err(Error::Io {
                 path: "/sys/kernel/btf/vmlinux".into(),
@@ -299,7 +321,7 @@ impl ModuleWatch {
         // /proc stack by name and module).
         let mut start = self.functions.iter().map(|f| f.address).min().unwrap_or(0);
         let mut end = self.functions.iter().map(|f| f.address).max().unwrap_or(0) + 64 * 1024;
-        if let Some((base, size)) = module_memory(&self.module) {
+        if let Some((base, size)) = module::memory(&self.module) {
             start = start.min(base);
             end = end.max(base + size);
         }
@@ -333,35 +355,16 @@ impl ModuleWatch {
         for (slot, value) in slots {
             config.set(slot, value, 0)?;
         }
-        let program: &mut aya::programs::Iter = self
-            .ebpf
-            .program_mut(SCAN_PROGRAM)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        program.load("task", btf)?;
-        Ok(())
+        TaskIterator::load(OBJECT, maps, SCAN_PROGRAM, btf_id)
     }
 
     /// One pass of the task iterator: tasks with a return address in the
     /// module's text, and tasks whose stacks could not be unwound.
     fn scan_tasks(&mut self) -> Result<(Vec<TaskId>, Vec<TaskId>), Error> {
-        use std::io::Read as _;
-        let program: &mut aya::programs::Iter = self
-            .ebpf
-            .program_mut(SCAN_PROGRAM)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        let link = program.attach()?;
-        let link = program.take_link(link)?;
-        let iterator_error = |cause: std::io::Error| Error::Io {
-            path: "the task iterator".into(),
-            cause,
+        let Some(iterator) = &self.task_scan else {
+            return Ok((Vec::new(), Vec::new()));
         };
-        let mut output = link
-            .into_file()
-            .map_err(|err| iterator_error(std::io::Error::other(err)))?;
-        let mut bytes = Vec::new();
-        output.read_to_end(&mut bytes).map_err(iterator_error)?;
+        let bytes = iterator.run()?;
         let (mut inside, mut unreadable) = (Vec::new(), Vec::new());
         for record in bytes.chunks_exact(std::mem::size_of::<ScanRecord>()) {
             let word = |i: usize| u32::from_ne_bytes(record[4 * i..4 * i + 4].try_into().expect("4 bytes"));
@@ -379,7 +382,7 @@ impl ModuleWatch {
     /// cannot be read now: from the task iterator, or from every `/proc`
     /// stack where the iterator is not available.
     fn tasks_to_check(&mut self) -> Result<(Vec<TaskId>, Vec<TaskId>), Error> {
-        if self.task_scan {
+        if self.task_scan.is_some() {
             return self.scan_tasks();
         }
         let (inside, unknown) = stacks::scan_module(&self.module)?;
@@ -465,9 +468,13 @@ impl ModuleWatch {
 
     /// How the functions are probed, for reports.
     pub fn mechanism(&self) -> String {
-        match &self.multi_refused {
+        let probes = match &self.multi_refused {
             None => "kprobe.multi".into(),
             Some(why) => format!("tracefs kprobes (kprobe.multi refused: {why})"),
+        };
+        match &self.task_scan_refused {
+            None => probes,
+            Some(why) => format!("{probes}; every /proc stack read (no task iterator: {why})"),
         }
     }
 
@@ -941,11 +948,15 @@ impl ModuleWatch {
     /// BPF program was running on the CPU, and map-full / unknown-address
     /// events of our own.
     fn missed(&self) -> Result<u64, Error> {
-        let profile = tracefs::misses(&self.tracefs)?;
-        let probe_misses: u64 = self.probes.iter().filter_map(|p| profile.get(p.event())).sum();
+        let mut probe_misses = 0;
         let mut recursion = 0;
-        for kind in [ProbeKind::Entry, ProbeKind::Return { max_active: 1 }] {
-            recursion += recursion_misses(self.program_fd(kind)?)?;
+        // The tracefs fallback: its probes' misses, and its programs'.
+        if !self.probes.is_empty() {
+            let profile = tracefs::misses(&self.tracefs)?;
+            probe_misses = self.probes.iter().filter_map(|p| profile.get(p.event())).sum();
+            for kind in [ProbeKind::Entry, ProbeKind::Return { max_active: 1 }] {
+                recursion += recursion_misses(self.program_fd(kind)?)?;
+            }
         }
         for link in &self.links {
             recursion += link.missed()?;
@@ -1033,21 +1044,6 @@ fn in_initial_pid_namespace() -> bool {
                 .map(|ids| ids.split_whitespace().count() == 1)
         })
         .unwrap_or(false)
-}
-
-/// The module's memory as /proc/modules gives it (base, size), which
-/// covers every text section of a live module.
-fn module_memory(module: &str) -> Option<(u64, u64)> {
-    let modules = std::fs::read_to_string("/proc/modules").ok()?;
-    modules.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first() != Some(&module) {
-            return None;
-        }
-        let size = fields.get(1)?.parse().ok()?;
-        let base = u64::from_str_radix(fields.get(5)?.trim_start_matches("0x"), 16).ok()?;
-        Some((base, size))
-    })
 }
 
 /// The eBPF object built by build.rs.

@@ -61,6 +61,90 @@ fn is_function_symbol(symbol: &Symbol<'_>) -> bool {
         && !symbol.name.starts_with("__UNIQUE_ID")
 }
 
+/// The lines of `/proc/kallsyms` that belong to `module`, read from
+/// `source`. The kernel lists every core symbol first (most of the file),
+/// then each module's symbols together: only lines ending in the module's
+/// tag are kept (the others are not parsed), and reading stops once the
+/// module's block is over.
+pub fn module_lines(mut source: impl std::io::Read, module: &str) -> std::io::Result<String> {
+    let tag = format!("\t[{module}]");
+    let mut kept = String::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 1 << 18];
+    let mut in_block = false;
+    loop {
+        let read = source.read(&mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        pending.extend_from_slice(&chunk[..read]);
+        let Some(last_newline) = pending.iter().rposition(|byte| *byte == b'\n') else {
+            continue;
+        };
+        for line in pending[..last_newline].split(|byte| *byte == b'\n') {
+            if line.ends_with(tag.as_bytes()) {
+                in_block = true;
+                kept.push_str(&String::from_utf8_lossy(line));
+                kept.push('\n');
+            } else if in_block && line.ends_with(b"]") {
+                // The next module's block: ours is complete.
+                return Ok(kept);
+            }
+        }
+        pending.drain(..=last_newline);
+    }
+    if pending.ends_with(tag.as_bytes()) {
+        kept.push_str(&String::from_utf8_lossy(&pending));
+    }
+    Ok(kept)
+}
+
+/// Where [`module_symbols`] keeps what it read: tmpfs, gone at reboot.
+const CACHE_DIR: &str = "/run/loopswap/symbols";
+
+/// What makes one loaded module's symbols what they are: the boot, the
+/// build (its GNU build id, unique per build) and where its memory starts
+/// (every function's address is a fixed offset from there in one build).
+/// `None` when any part is unknown: then nothing is cached.
+fn module_identity(module: &str) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let note = std::fs::read(format!("/sys/module/{module}/notes/.note.gnu.build-id")).ok()?;
+    let (base, size) = crate::module::memory(module)?;
+    let build: String = note.iter().map(|byte| format!("{byte:02x}")).collect();
+    Some(format!("{} {base:x} {size} {build}", boot.trim()))
+}
+
+/// The `/proc/kallsyms` lines of `module` (see [`module_lines`]). Reading
+/// them costs the kernel formatting every symbol of the kernel first, half
+/// a second under emulation: they are kept in a cache under
+/// `/run/loopswap`, used only for the very same loaded module (same boot,
+/// build id and base address). A cache that cannot be read or written is
+/// not an error: the symbols are read from the kernel.
+pub fn module_symbols(module: &str) -> std::io::Result<String> {
+    let identity = module_identity(module);
+    let path = std::path::Path::new(CACHE_DIR).join(module);
+    if let Some(identity) = &identity
+        && let Ok(cached) = std::fs::read_to_string(&path)
+        && let Some((key, lines)) = cached.split_once('\n')
+        && key == identity
+    {
+        return Ok(lines.to_owned());
+    }
+    let lines = module_lines(std::fs::File::open("/proc/kallsyms")?, module)?;
+    if let Some(identity) = identity
+        && !lines.is_empty()
+        && std::fs::create_dir_all(CACHE_DIR).is_ok()
+    {
+        // Written whole, then renamed: a reader never sees half a file.
+        let partial = path.with_extension(format!("{}.partial", std::process::id()));
+        if std::fs::write(&partial, format!("{identity}\n{lines}")).is_ok() {
+            let _ = std::fs::rename(&partial, &path);
+        }
+        let _ = std::fs::remove_file(&partial);
+    }
+    Ok(lines)
+}
+
 /// Module names are shown with underscores; `modprobe` accepts dashes too.
 pub fn normalize_module_name(module: &str) -> String {
     module.replace('-', "_")
@@ -114,6 +198,33 @@ pub fn module_functions(kallsyms: &str, module: &str, scope: Scope) -> Vec<Funct
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_module_block_is_kept_and_reading_stops_after_it() {
+        let text = "ffffffff81000000 T _stext\n\
+                    ffffffffc0001000 t a_fn\t[other]\n\
+                    ffffffffc0002000 t m_one\t[m]\n\
+                    ffffffffc0002100 T m_two\t[m]\n\
+                    ffffffffc0002200 r __ksymtab_m_two\t[m]\n\
+                    ffffffffc0003000 t z_fn\t[mm]\n\
+                    ffffffffc0004000 t late\t[m]\n";
+        // A reader that hands out 7 bytes at a time: lines cross reads.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(7).min(buffer.len());
+                buffer[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let lines = module_lines(Trickle(text.as_bytes()), "m").unwrap();
+        assert_eq!(lines.lines().count(), 3, "{lines}");
+        assert!(lines.starts_with("ffffffffc0002000 t m_one\t[m]\n"));
+        let functions = module_functions(&lines, "m", Scope::AllText);
+        assert_eq!(functions.len(), 2);
+        assert!(functions[1].exported);
+    }
 
     const KALLSYMS: &str = "\
 ffffffff81000000 T _stext

@@ -32,6 +32,21 @@ pub fn uses_swap_core(module: &str) -> bool {
     })
 }
 
+/// The module's memory as /proc/modules gives it (base, size), which
+/// covers every text section of a live module.
+pub fn memory(module: &str) -> Option<(u64, u64)> {
+    let modules = std::fs::read_to_string("/proc/modules").ok()?;
+    modules.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first() != Some(&module) {
+            return None;
+        }
+        let size = fields.get(1)?.parse().ok()?;
+        let base = u64::from_str_radix(fields.get(5)?.trim_start_matches("0x"), 16).ok()?;
+        Some((base, size))
+    })
+}
+
 /// Fails unless the effective user is root.
 pub fn check_root() -> Result<(), Error> {
     if !nix::unistd::geteuid().is_root() {

@@ -130,19 +130,20 @@ echo lswloop0 > /sys/kernel/lswloop/remove
 rmmod $impl
 insmod /modules/$impl.ko
 echo /tmp/disk0.img > /sys/kernel/lswloop/add
-mount -t ext4 /dev/lswloop0 /mnt
+dev=$(tail -1 /sys/kernel/lswloop/devices | cut -d' ' -f1)
+mount -t ext4 /dev/$dev /mnt
 t1=$(now)
 echo "RELOAD $((t1 - t0))"
 umount /mnt
-fsck.ext4 -fn /dev/lswloop0 > /dev/null
+fsck.ext4 -fn /dev/$dev > /dev/null
 # Idle swaps with more and more idle threads in the system: the blackout
 # must not grow with the task count.
-v=1; started=0
+v=$(sed -n "s/^$dev .*impl=lswloop_v\([12]\).*/\1/p" /sys/kernel/lswloop/devices); started=0
 for extra in 0 250 2000; do
     while [ $started -lt $extra ]; do sleep 1000 & started=$((started + 1)); done
     for i in 1 2 3 4 5 6; do
         if [ $v = 1 ]; then v=2; else v=1; fi
-        echo "SCALE $extra $(loopswap swap lswloop0 --to lswloop_v$v --keep-old --json)"
+        echo "SCALE $extra $(loopswap swap $dev --to lswloop_v$v --keep-old --json)"
     done
 done
 "#,
@@ -168,7 +169,8 @@ fn reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str, se
             Some((tag, json)) if !tag.starts_with('{') => (tag, json),
             _ => ("", rest),
         };
-        let report: serde_json::Value = serde_json::from_str(json).context("a swap report")?;
+        let report: serde_json::Value =
+            serde_json::from_str(json).with_context(|| format!("a swap report in {line:.300}"))?;
         if report["instances"][0]["committed"] != true {
             bail!("a swap did not commit: {report}");
         }
@@ -189,17 +191,20 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     let mut request = vm::VmRequest::new(swap_script(swaps));
     request.timeout = std::time::Duration::from_secs(600 + 30 * u64::from(swaps));
     let outcome = vm::run(&request)?;
+    let folder = xtask::paths::target().join("bench");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("swap-output.txt"), &outcome.output)?;
     outcome.check()?;
     let output = &outcome.output;
 
     // The workload alone: the direct job's completion latency percentiles.
-    let quiet: serde_json::Value = serde_json::from_str(
-        output
-            .lines()
-            .find_map(|line| line.strip_prefix("QUIET "))
-            .context("no quiet fio run in the output")?,
-    )
-    .context("fio's JSON")?;
+    let quiet_line = output
+        .lines()
+        .find_map(|line| line.strip_prefix("QUIET "))
+        .context("no quiet fio run in the output")?;
+    // fio may print notes before its JSON.
+    let quiet: serde_json::Value = serde_json::from_str(&quiet_line[quiet_line.find('{').unwrap_or(0)..])
+        .with_context(|| format!("fio's JSON: {:.200}", quiet_line))?;
     let direct = quiet["jobs"]
         .as_array()
         .and_then(|jobs| jobs.iter().find(|job| job["jobname"] == "direct"))
@@ -390,7 +395,6 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         println!("{extra:<14} {value:>12.0} {:>9.2}x", value / base);
     }
 
-    let folder = xtask::paths::target().join("bench");
     let samples: Vec<(f64, f64)> = latency
         .iter()
         .map(|(ms, us)| ((ms - first_ms) as f64 / 1000.0, *us))

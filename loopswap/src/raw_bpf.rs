@@ -1,13 +1,18 @@
-//! One BPF link for the entries of every function of a module and one for
-//! their returns: kprobe.multi (fprobe, Linux 5.18+, `CONFIG_FPROBE`),
-//! which aya 0.14 cannot attach. The kernel patches the text of all the
-//! functions in one ftrace update, not once per probe, and the links go
-//! with their file descriptors: a killed controller leaves nothing behind.
+//! Program loads and links that aya 0.14 cannot make, by bpf(2):
 //!
-//! aya loads the object and creates its maps; this module loads the two
-//! counting programs a second time, with the attach type kprobe.multi needs
-//! (`BPF_TRACE_KPROBE_MULTI`), their map references resolved by aya-obj to
-//! the maps aya created, so both kinds of attach share the same maps.
+//! - One BPF link for the entries of every function of a module and one for
+//!   their returns: kprobe.multi (fprobe, Linux 5.18+, `CONFIG_FPROBE`).
+//!   The kernel patches the text of all the functions in one ftrace update,
+//!   not once per probe, and the links go with their file descriptors: a
+//!   killed controller leaves nothing behind.
+//! - The task iterator, attached by the BTF id of `bpf_iter_task` found by
+//!   a quick scan (`crate::btf`): aya would parse all of the kernel's BTF
+//!   (half a second under emulation) to find it.
+//!
+//! aya loads the object and creates its maps; this module loads programs a
+//! second time, with the types and attach types they need, their map
+//! references resolved by aya-obj to the maps aya created, so every program
+//! shares the same maps.
 
 use std::{
     collections::HashSet,
@@ -39,7 +44,7 @@ impl MultiLink {
         addresses: &[u64],
         returns: bool,
     ) -> Result<Self, Error> {
-        let program = load(object, maps, program)?;
+        let program = load(object, maps, program, LoadAs::KprobeMulti)?;
         // SAFETY: bpf_attr is plain old data; zero is valid for every field.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the link_create member of a zeroed union.
@@ -96,9 +101,61 @@ pub fn map_descriptors(ebpf: &Ebpf) -> Result<Vec<(String, RawFd)>, Error> {
         .collect()
 }
 
-/// `program` of `object` with its maps and calls relocated, loaded as a
-/// kprobe program for kprobe.multi.
-fn load(object: &[u8], maps: &[(String, RawFd)], program: &str) -> Result<OwnedFd, Error> {
+/// A task iterator program and the link that makes it runnable: each
+/// [`TaskIterator::run`] walks every task once.
+#[derive(Debug)]
+pub struct TaskIterator {
+    // Field order is drop order: the link goes before its program.
+    link: OwnedFd,
+    _program: OwnedFd,
+}
+
+impl TaskIterator {
+    /// Loads `program` (an `iter/task` program) of `object` against the
+    /// kernel's `bpf_iter_task` (BTF type id `btf_id`) and links it.
+    pub fn load(object: &[u8], maps: &[(String, RawFd)], program: &str, btf_id: u32) -> Result<Self, Error> {
+        let program = load(object, maps, program, LoadAs::TaskIterator { btf_id })?;
+        // SAFETY: plain old data; zero is valid for every field.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the link_create member of a zeroed union.
+        let create = unsafe { &mut attr.link_create };
+        create.__bindgen_anon_1.prog_fd = program.as_raw_fd() as u32;
+        create.attach_type = bpf_attach_type::BPF_TRACE_ITER as u32;
+        let link = bpf_new_fd(bpf_cmd::BPF_LINK_CREATE, &mut attr, "BPF_LINK_CREATE (iter/task)")?;
+        Ok(Self {
+            link,
+            _program: program,
+        })
+    }
+
+    /// Runs the iterator over every task; what the program wrote.
+    pub fn run(&self) -> Result<Vec<u8>, Error> {
+        use std::io::Read as _;
+        // SAFETY: plain old data; zero is valid for every field.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.iter_create.link_fd = self.link.as_raw_fd() as u32;
+        let output = bpf_new_fd(bpf_cmd::BPF_ITER_CREATE, &mut attr, "BPF_ITER_CREATE")?;
+        let mut bytes = Vec::new();
+        std::fs::File::from(output)
+            .read_to_end(&mut bytes)
+            .map_err(|cause| Error::Io {
+                path: "the task iterator".into(),
+                cause,
+            })?;
+        Ok(bytes)
+    }
+}
+
+/// How to load a program.
+#[derive(Clone, Copy, Debug)]
+enum LoadAs {
+    KprobeMulti,
+    TaskIterator { btf_id: u32 },
+}
+
+/// `program` of `object` with its maps and calls relocated, loaded as
+/// `how` says.
+fn load(object: &[u8], maps: &[(String, RawFd)], program: &str, how: LoadAs) -> Result<OwnedFd, Error> {
     let malformed = |why: String| Error::Io {
         path: "the embedded eBPF object".into(),
         cause: std::io::Error::other(why),
@@ -130,15 +187,28 @@ fn load(object: &[u8], maps: &[(String, RawFd)], program: &str) -> Result<OwnedF
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the prog-load member of a zeroed union.
     let load = unsafe { &mut attr.__bindgen_anon_3 };
-    load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
-    load.expected_attach_type = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
+    match how {
+        LoadAs::KprobeMulti => {
+            load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
+            load.expected_attach_type = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
+        }
+        LoadAs::TaskIterator { btf_id } => {
+            load.prog_type = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
+            load.expected_attach_type = bpf_attach_type::BPF_TRACE_ITER as u32;
+            load.attach_btf_id = btf_id;
+        }
+    }
     load.insns = instructions.as_ptr() as u64;
     load.insn_cnt = instructions.len() as u32;
     load.license = c"GPL".as_ptr() as u64;
     load.prog_name = name;
     // Without a log first (a verbose log that overflows its buffer would
     // fail a good load); on failure once more with it, to say why.
-    if let Ok(fd) = bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, "BPF_PROG_LOAD (kprobe.multi)") {
+    let what = match how {
+        LoadAs::KprobeMulti => "BPF_PROG_LOAD (kprobe.multi)",
+        LoadAs::TaskIterator { .. } => "BPF_PROG_LOAD (iter/task)",
+    };
+    if let Ok(fd) = bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, what) {
         return Ok(fd);
     }
     // SAFETY: writing the prog-load member of the union set up above.
@@ -146,7 +216,7 @@ fn load(object: &[u8], maps: &[(String, RawFd)], program: &str) -> Result<OwnedF
     load.log_level = 1;
     load.log_buf = log.as_mut_ptr() as u64;
     load.log_size = log.len() as u32;
-    bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, "BPF_PROG_LOAD (kprobe.multi)").map_err(|err| {
+    bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, what).map_err(|err| {
         let verifier = String::from_utf8_lossy(&log);
         let last = verifier
             .trim_end_matches('\0')

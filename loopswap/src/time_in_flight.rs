@@ -132,6 +132,16 @@ impl Estimate {
         }
     }
 
+    /// "29.2 ms", "now", "≥ 29.2 ms" when threads are unknown: for tables.
+    pub fn short(&self) -> String {
+        match (&self.held_by, self.unknown) {
+            (None, false) => "now".into(),
+            (None, true) => "unknown".into(),
+            (Some(_), false) => format_ns(self.ns),
+            (Some(_), true) => format!("≥ {}", format_ns(self.ns)),
+        }
+    }
+
     /// "1.2 s (held by ...)", "now", or "unknown (...)".
     pub fn describe(&self) -> String {
         let mut text = match &self.held_by {
@@ -228,12 +238,15 @@ mod tests {
     fn estimates_keep_the_latest_frame_and_say_why() {
         let mut estimate = Estimate::default();
         assert_eq!(estimate.describe(), "now (nothing inside)");
+        assert_eq!(estimate.short(), "now");
         estimate.add(5, || "a".into());
         estimate.add(3, || "b".into());
         assert_eq!(estimate.ns, 5);
         assert_eq!(estimate.describe(), "5 ns (a)");
+        assert_eq!(estimate.short(), "5 ns");
         estimate.unknown = true;
         assert!(estimate.describe().contains("unreadable"));
+        assert_eq!(estimate.short(), "≥ 5 ns");
         assert_eq!(format_ns(1_400_000_000), "1.40 s");
         assert_eq!(format_ns(2_500), "2.5 µs");
     }

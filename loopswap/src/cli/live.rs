@@ -199,7 +199,8 @@ impl LiveView {
                     p50,
                     p99,
                     max,
-                    instance.quiescent_in.describe(),
+                    instance.quiescent_in.short(),
+                    instance.quiescent_in.held_by.clone().unwrap_or_default(),
                 ])
             });
             let widths = [
@@ -209,6 +210,7 @@ impl LiveView {
                 Constraint::Length(9),
                 Constraint::Length(9),
                 Constraint::Length(9),
+                Constraint::Length(12),
                 Constraint::Fill(1),
             ];
             frame.render_widget(
@@ -222,6 +224,7 @@ impl LiveView {
                             "P99",
                             "MAX",
                             "QUIESCENT IN",
+                            "HELD BY",
                         ])
                         .style(bold),
                     )

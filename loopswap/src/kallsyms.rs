@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 pub struct Function {
     /// The name reported for the function.
     pub name: String,
-    /// Every name kallsyms gives this address, `name` included.
+    /// Every name kallsyms gives this address, `name` included, then the
+    /// names of its cold parts (`NAME.cold`), which stacks show for frames
+    /// executing in them.
     pub names: Vec<String>,
     /// Start address (kallsyms shows real addresses to root only).
     pub address: u64,
@@ -59,6 +61,20 @@ fn is_function_symbol(symbol: &Symbol<'_>) -> bool {
         && !symbol.name.starts_with("__pfx_")
         && !symbol.name.starts_with("__cfi_")
         && !symbol.name.starts_with("__UNIQUE_ID")
+}
+
+/// The function a compiler-split cold part belongs to: `foo` for
+/// `foo.cold`, `foo.cold.3` or `foo.isra.0.cold` -> `foo.isra.0`. A cold
+/// part has no entry of its own (it is reached by a jump from its
+/// function, so the function's probes already count a thread in it) and
+/// cannot be probed: kprobe.multi would refuse the whole module for it.
+fn cold_parent(name: &str) -> Option<&str> {
+    let (parent, rest) = name.split_once(".cold")?;
+    let suffix_ok = rest.is_empty()
+        || rest
+            .strip_prefix('.')
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    (suffix_ok && !parent.is_empty()).then_some(parent)
 }
 
 /// The lines of `/proc/kallsyms` that belong to `module`, read from
@@ -156,6 +172,7 @@ pub fn normalize_module_name(module: &str) -> String {
 pub fn module_functions(kallsyms: &str, module: &str, scope: Scope) -> Vec<Function> {
     let mut exported = std::collections::BTreeSet::new();
     let mut by_address: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    let mut cold_parts: Vec<(&str, &str, u64)> = Vec::new();
     for symbol in kallsyms.lines().filter_map(parse_line) {
         if symbol.module != Some(module) {
             continue;
@@ -163,10 +180,23 @@ pub fn module_functions(kallsyms: &str, module: &str, scope: Scope) -> Vec<Funct
         if let Some(name) = symbol.name.strip_prefix("__ksymtab_") {
             exported.insert(name);
         } else if is_function_symbol(&symbol) {
-            by_address.entry(symbol.address).or_default().push(symbol.name);
+            match cold_parent(symbol.name) {
+                Some(parent) => cold_parts.push((parent, symbol.name, symbol.address)),
+                None => by_address.entry(symbol.address).or_default().push(symbol.name),
+            }
         }
     }
-    by_address
+    // A cold part whose function is not in the module's text is kept as a
+    // function of its own: refused a probe, it is listed as unprobed (and a
+    // swap refuses), never silently dropped.
+    cold_parts.retain(|(parent, cold, address)| {
+        let has_parent = by_address.values().any(|names| names.contains(parent));
+        if !has_parent {
+            by_address.entry(*address).or_default().push(cold);
+        }
+        has_parent
+    });
+    let mut functions: Vec<Function> = by_address
         .into_iter()
         .map(|(address, mut names)| {
             names.sort_unstable();
@@ -192,12 +222,44 @@ pub fn module_functions(kallsyms: &str, module: &str, scope: Scope) -> Vec<Funct
             }
         })
         .filter(|function| scope == Scope::AllText || function.exported)
-        .collect()
+        .collect();
+    for (parent, cold, _) in cold_parts {
+        if let Some(function) = functions
+            .iter_mut()
+            .find(|function| function.names.iter().any(|name| name == parent))
+        {
+            function.names.push(cold.to_owned());
+        }
+    }
+    functions
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cold_parts_are_names_of_their_function_not_functions() {
+        let text = "ffffffffc0002000 t m_fn\t[m]\n\
+                    ffffffffc0002100 t m_fn.isra.0\t[m]\n\
+                    ffffffffc0009000 t m_fn.cold\t[m]\n\
+                    ffffffffc0009100 t m_fn.isra.0.cold\t[m]\n\
+                    ffffffffc0009200 t orphan.cold\t[m]\n\
+                    ffffffffc0009300 t m_fn.coldness\t[m]\n";
+        let functions = module_functions(text, "m", Scope::AllText);
+        let names: Vec<&Vec<String>> = functions.iter().map(|f| &f.names).collect();
+        assert_eq!(
+            names,
+            [
+                &vec!["m_fn".to_owned(), "m_fn.cold".to_owned()],
+                &vec!["m_fn.isra.0".to_owned(), "m_fn.isra.0.cold".to_owned()],
+                &vec!["orphan.cold".to_owned()],
+                &vec!["m_fn.coldness".to_owned()],
+            ]
+        );
+        assert_eq!(cold_parent("a.cold.12"), Some("a"));
+        assert_eq!(cold_parent(".cold"), None);
+    }
 
     #[test]
     fn only_the_module_block_is_kept_and_reading_stops_after_it() {

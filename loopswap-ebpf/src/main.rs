@@ -8,8 +8,8 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::BPF_NOEXIST,
     bindings::task_struct,
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_func_ip, bpf_get_task_stack, bpf_seq_write},
@@ -54,14 +54,14 @@ static COUNTER_CONFIG: Array<u64> = Array::with_max_entries(COUNTER_CONFIG_SLOTS
 static TIME_BY_FUNCTION: PerCpuArray<TimeHistogram> = PerCpuArray::with_max_entries(MAX_FUNCTIONS, 0);
 
 /// Time in flight per instance (outermost frames of instance entry points
-/// only); allocated as instances appear.
+/// only). Preallocated (run-time allocation in tracing programs WARNs
+/// before Linux 6.1) for a few hundred instances, so that its per-CPU
+/// memory stays small. Userspace inserts the ids the swap core lists; an id
+/// read from a first argument that is not a listed instance finds no entry
+/// and is not recorded.
 #[map]
 static TIME_BY_INSTANCE: PerCpuHashMap<u32, TimeHistogram> =
-    PerCpuHashMap::with_max_entries(MAX_TIMED_INSTANCES, BPF_F_NO_PREALLOC);
-
-/// A zero histogram to insert from: too big for the BPF stack.
-#[map]
-static ZERO_HISTOGRAM: PerCpuArray<TimeHistogram> = PerCpuArray::with_max_entries(1, 0);
+    PerCpuHashMap::with_max_entries(MAX_TIMED_INSTANCES, 0);
 
 /// Special events, see `loopswap_common::event`.
 #[map]
@@ -105,24 +105,9 @@ fn record_time(func: u32, instance: u32, ns: u64) {
     if instance == NO_INSTANCE || instance == MIXED_INSTANCES {
         return;
     }
-    let histogram = match TIME_BY_INSTANCE.get_ptr_mut(instance) {
-        Some(histogram) => histogram,
-        None => {
-            let Some(zero) = ZERO_HISTOGRAM.get_ptr(0) else {
-                return;
-            };
-            // SAFETY: a slot of our own map, never written. Passed by
-            // reference: a copy would not fit the BPF stack.
-            let zero: &TimeHistogram = unsafe { &*zero };
-            // A full map (or a racing insert) loses only this sample.
-            let _ = TIME_BY_INSTANCE.insert(instance, zero, BPF_NOEXIST as u64);
-            match TIME_BY_INSTANCE.get_ptr_mut(instance) {
-                Some(histogram) => histogram,
-                None => return,
-            }
-        }
-    };
-    add_time(histogram, ns);
+    if let Some(histogram) = TIME_BY_INSTANCE.get_ptr_mut(instance) {
+        add_time(histogram, ns);
+    }
 }
 
 /// The probed function (looked up by address) and the current thread's
@@ -238,7 +223,7 @@ pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
 /// added by userspace with 0; set to 1 once a timer tick finds the thread
 /// in user mode, where it holds no kernel frame at all.
 #[map]
-static USER_TICKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNREAD_THREADS, BPF_F_NO_PREALLOC);
+static USER_TICKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNREAD_THREADS, 0);
 
 /// On `account_process_tick(p, user_tick)`, run by every timer tick in the
 /// interrupted thread's context.
@@ -264,7 +249,7 @@ static SCAN_CONFIG: Array<u64> = Array::with_max_entries(SCAN_CONFIG_SLOTS, 0);
 /// by a scan → [their context-switch count then, their start time] (the
 /// start time tells a task from a later one that reuses its id).
 #[map]
-static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_CLEAN, BPF_F_NO_PREALLOC);
+static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_CLEAN, 0);
 
 /// One task's kernel stack, as `bpf_get_task_stack` writes it.
 #[map]

@@ -14,15 +14,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::KProbe,
 };
 use loopswap_common::{
     CONFIG_NOTIFY_LEFT, CONFIG_TIME_IN_FLIGHT, FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey,
-    InflightValue, MAX_FUNCTIONS, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET,
-    SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET,
-    SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord,
-    TICK_FUNCTION, TimeHistogram, event,
+    InflightValue, MAX_FUNCTIONS, MAX_TIMED_INSTANCES, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE,
+    SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED,
+    SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
+    SCAN_UNREADABLE, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
 };
 
 use crate::{
@@ -114,6 +114,10 @@ const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
 /// The task iterator that finds tasks inside the module.
 const SCAN_PROGRAM: &str = "lsw_scan_tasks";
 
+/// Most kernel memory the per-function time-in-flight histograms may take
+/// (functions x CPUs x 328 bytes: 2,000 functions on 100 CPUs).
+const TIME_MEMORY_LIMIT: usize = 64 << 20;
+
 /// The `task_struct` members the task scan reads.
 const TASK_MEMBERS: [&str; 7] = [
     "pid",
@@ -174,11 +178,19 @@ impl ModuleWatch {
         }
         tracefs::remove_stale_events(&tracefs)?;
 
+        // A histogram per function and CPU: past TIME_MEMORY_LIMIT (many
+        // functions on many CPUs) time in flight is off, counting is not.
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let histogram_bytes = functions.len() * cpus * std::mem::size_of::<TimeHistogram>();
+        let time_in_flight = options.time_in_flight && histogram_bytes <= TIME_MEMORY_LIMIT;
         // No CO-RE relocation needs the kernel's BTF: aya is told not to
         // parse it (the task iterator's attach point comes from the scan).
         let mut ebpf = aya::EbpfLoader::new()
             .btf(None)
-            .map_max_entries("TIME_BY_FUNCTION", functions.len() as u32)
+            .map_max_entries(
+                "TIME_BY_FUNCTION",
+                if time_in_flight { functions.len() as u32 } else { 1 },
+            )
             .load(OBJECT)?;
         let maps = raw_bpf::map_descriptors(&ebpf)?;
         let mut func_by_addr: BpfHashMap<MapData, u64, FunctionInfo> =
@@ -203,7 +215,7 @@ impl ModuleWatch {
         let mut counter_config: aya::maps::Array<MapData, u64> =
             aya::maps::Array::try_from(take_map(&mut ebpf, "COUNTER_CONFIG")?)?;
         // Before any probe is armed, so that every stamp is consistent.
-        counter_config.set(CONFIG_TIME_IN_FLIGHT, u64::from(options.time_in_flight), 0)?;
+        counter_config.set(CONFIG_TIME_IN_FLIGHT, u64::from(time_in_flight), 0)?;
         let mut watch = Self {
             task_scan: None,
             task_scan_refused: None,
@@ -266,6 +278,9 @@ impl ModuleWatch {
                 program.load()?;
             }
             watch.attach_all(options.max_active)?;
+        }
+        if options.attribute_instances {
+            watch.time_instances();
         }
         watch.armed_ns = time_in_flight::monotonic_ns();
         watch.seed()?;
@@ -794,7 +809,12 @@ impl ModuleWatch {
                 Err(MapError::KeyNotFound) => continue,
                 Err(err) => return Err(err.into()),
             };
-            instance_times.insert(id, time_in_flight::sum(&per_cpu));
+            // Every instance the core listed has an entry: only those that
+            // served a call are reported.
+            let histogram = time_in_flight::sum(&per_cpu);
+            if histogram.buckets.iter().any(|count| *count > 0) {
+                instance_times.insert(id, histogram);
+            }
         }
         let ids: BTreeSet<u32> = per_instance
             .keys()
@@ -827,6 +847,23 @@ impl ModuleWatch {
             instances,
             unattributed,
         })
+    }
+
+    /// Gives each instance the swap core lists a time-in-flight histogram
+    /// (the probes only update entries, never create them). Without the
+    /// core's list, instances are not timed; functions still are.
+    fn time_instances(&mut self) {
+        let Ok(state) = crate::control::Control::open().and_then(|mut control| control.list()) else {
+            return;
+        };
+        let Ok(cpus) = aya::util::nr_cpus() else { return };
+        for instance in state.instances.iter().take(MAX_TIMED_INSTANCES as usize) {
+            let Ok(zeros) = PerCpuValues::try_from(vec![TimeHistogram::ZERO; cpus]) else {
+                return;
+            };
+            // A full map only leaves that instance untimed.
+            let _ = self.time_by_instance.insert(instance.id, zeros, 0);
+        }
     }
 
     /// One function's time-in-flight histogram, summed over CPUs.
@@ -898,17 +935,24 @@ impl ModuleWatch {
                 )
             });
         }
-        // Seeded frames entered before the probes were armed.
+        // Seeded frames entered before the probes were armed, when is
+        // unknown: only calls of their function that outlived the time
+        // since then say something; never "as long again", which would
+        // measure the attach, not the thread.
         let age = now.saturating_sub(self.armed_ns);
         for ((_, tid), counts) in &self.seeded {
             for func in counts.keys() {
-                estimate.add(time_in_flight::remaining_ns(histogram(*func), age), || {
-                    format!(
-                        "{}: thread {tid} inside since before attach, at least {}",
-                        name(*func),
-                        time_in_flight::format_ns(age)
-                    )
-                });
+                estimate.unknown = true;
+                let histogram = histogram(*func);
+                if histogram.max_ns > age {
+                    estimate.add(time_in_flight::remaining_ns(histogram, age), || {
+                        format!(
+                            "{}: thread {tid} inside since before attach, at least {}",
+                            name(*func),
+                            time_in_flight::format_ns(age)
+                        )
+                    });
+                }
             }
         }
         estimate

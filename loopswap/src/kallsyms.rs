@@ -139,15 +139,30 @@ fn module_identity(module: &str) -> Option<String> {
 pub fn module_symbols(module: &str) -> std::io::Result<String> {
     let identity = module_identity(module);
     let path = std::path::Path::new(CACHE_DIR).join(module);
+    let within_module = |lines: &str| {
+        let Some((base, size)) = crate::module::memory(module) else {
+            return false;
+        };
+        lines
+            .lines()
+            .filter_map(parse_line)
+            .filter(|symbol| matches!(symbol.kind, 't' | 'T'))
+            .all(|symbol| (base..base + size).contains(&symbol.address))
+    };
     if let Some(identity) = &identity
         && let Ok(cached) = std::fs::read_to_string(&path)
         && let Some((key, lines)) = cached.split_once('\n')
         && key == identity
+        && within_module(lines)
     {
         return Ok(lines.to_owned());
     }
     let lines = module_lines(std::fs::File::open("/proc/kallsyms")?, module)?;
+    // Cached only if the module stayed the same while it was read (it could
+    // have been reloaded meanwhile, elsewhere or as another build).
     if let Some(identity) = identity
+        && module_identity(module).as_ref() == Some(&identity)
+        && within_module(&lines)
         && !lines.is_empty()
         && std::fs::create_dir_all(CACHE_DIR).is_ok()
     {

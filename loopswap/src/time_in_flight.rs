@@ -115,8 +115,9 @@ pub struct Estimate {
     /// Likely time until no counted frame is left, in ns; 0 when none is in
     /// flight. With `unknown` set, only a lower bound.
     pub ns: u64,
-    /// Threads whose stacks could not be read: whether they hold frames,
-    /// and for how long, is unknown.
+    /// Frames whose age is unknown (found on a stack at attach, entered
+    /// while time in flight was off) or threads whose stacks could not be
+    /// read: the estimate is then a lower bound.
     pub unknown: bool,
     /// The frame that sets the estimate: "function (thread T, inside for
     /// at least X)".
@@ -150,7 +151,7 @@ impl Estimate {
             Some(held_by) => format!("{} ({held_by})", format_ns(self.ns)),
         };
         if self.unknown {
-            text.push_str("; threads with unreadable stacks may hold it longer");
+            text.push_str("; threads inside since before attach, or unreadable, may hold it longer");
         }
         text
     }

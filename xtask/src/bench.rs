@@ -179,9 +179,12 @@ fn reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str, se
     Ok(found)
 }
 
+/// The nearest-rank percentile: the smallest value with at least `q` of
+/// the values at or below it (with 20 values, p99 is the largest).
 fn percentile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[((values.len() as f64 * q) as usize).min(values.len() - 1)]
+    let rank = (values.len() as f64 * q).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
 }
 
 fn swap(swaps: u32) -> anyhow::Result<()> {

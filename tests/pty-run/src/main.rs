@@ -32,6 +32,9 @@ fn parse_keys(keys: &str) -> anyhow::Result<Vec<Step>> {
         .filter(|step| !step.is_empty())
         .map(|step| {
             if let Some(text) = step.strip_prefix("until=") {
+                if text.is_empty() {
+                    bail!("until= needs the text to wait for");
+                }
                 return Ok(Step::Until(text.to_owned()));
             }
             let (delay, key) = step
@@ -61,6 +64,12 @@ fn main() -> anyhow::Result<()> {
         ws_ypixel: 0,
     };
     let pty = openpty(Some(&size), None).context("openpty")?;
+    // openpty does not set close-on-exec: the child must not inherit the
+    // master, nor keep a second slave (reading would then never end).
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .context("setting close-on-exec")?;
+    }
     // The Command holds the terminal's other side until dropped: built and
     // spawned in this block, so that reading it ends once the child is gone.
     let mut child = {

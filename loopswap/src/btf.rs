@@ -40,18 +40,6 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
     })
 }
 
-/// Byte offsets of `members` of the first struct named `name` in `btf`,
-/// only if it has all of them.
-pub fn member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMap<String, u64>> {
-    present_member_offsets(btf, name, members).filter(|found| found.len() == members.len())
-}
-
-/// Byte offsets of those of `members` that the first struct named `name`
-/// in `btf` has; `None` if there is no such struct.
-fn present_member_offsets(btf: &[u8], name: &str, members: &[&str]) -> Option<HashMap<String, u64>> {
-    scan(btf, name, members, None).and_then(|found| found.members)
-}
-
 /// What one pass over a BTF blob found.
 #[derive(Debug, Default)]
 struct Found {
@@ -169,11 +157,19 @@ mod tests {
 
     #[test]
     fn struct_member_offsets_are_found_past_other_types() {
-        let offsets = member_offsets(&sample(), "task_struct", &["pid", "tgid"]).unwrap();
+        let offsets = scan(&sample(), "task_struct", &["pid", "tgid"], None)
+            .unwrap()
+            .members
+            .unwrap();
+        assert_eq!(offsets.len(), 2);
         assert_eq!(offsets["pid"], 4);
         assert_eq!(offsets["tgid"], 8);
-        assert!(member_offsets(&sample(), "task_struct", &["nope"]).is_none());
-        assert!(member_offsets(b"garbage", "task_struct", &["pid"]).is_none());
+        let missing = scan(&sample(), "task_struct", &["nope"], None)
+            .unwrap()
+            .members
+            .unwrap();
+        assert!(missing.is_empty());
+        assert!(scan(b"garbage", "task_struct", &["pid"], None).is_none());
     }
 
     #[test]

@@ -57,9 +57,11 @@
  * under the hung-task detector's default 120 s.
  */
 #define LSW_TIMEOUT_MAX_MS (60U * 1000U)
-/* drain polls the grace period from every 100 us, backing off to 5 ms. */
-#define LSW_DRAIN_POLL_MIN_US 100
-#define LSW_DRAIN_POLL_MAX_US 5000
+/*
+ * drain sleeps until the expedited grace period ends or the swap ends,
+ * looking at least this often for a normal grace period that ended first.
+ */
+#define LSW_DRAIN_RECHECK_MS 5
 
 enum lsw_phase { LSW_GATED, LSW_DRAINED, LSW_QUIESCED, LSW_TRANSFERRED };
 
@@ -109,6 +111,11 @@ static atomic64_t lsw_handle_ids = ATOMIC64_INIT(0);
  * pages of a gated device): they run on a rescuer-backed workqueue.
  */
 static struct workqueue_struct *lsw_deadline_wq;
+/*
+ * A drain's grace period is expedited from here: the command itself only
+ * polls, so that its wait stays interruptible and bounded.
+ */
+static struct workqueue_struct *lsw_expedite_wq;
 
 static struct lsw_class *find_class(const char *name)
 {
@@ -239,6 +246,21 @@ static void instance_put(struct lsw_instance *inst)
 
 static void deadline_fn(struct work_struct *work);
 
+/*
+ * A normal SRCU grace period waits a jiffy or more between its scans; the
+ * gate is closed meanwhile. An expedited one ends as soon as the readers
+ * have left, and the drain's poll sees it end (it completes the same
+ * grace period, or a later one). Only this worker waits uninterruptibly.
+ */
+static void expedite_fn(struct work_struct *work)
+{
+	struct lsw_instance *inst = container_of(work, struct lsw_instance, expedite_work);
+
+	synchronize_srcu_expedited(&inst->srcu);
+	wake_up_all(&inst->drain_wq);
+	instance_put(inst);
+}
+
 struct lsw_instance *lsw_instance_create(struct lsw_class *cls, const char *name,
 					 const char *impl_name, const char *arg,
 					 void *class_data)
@@ -257,9 +279,11 @@ struct lsw_instance *lsw_instance_create(struct lsw_class *cls, const char *name
 		return ERR_PTR(ret);
 	}
 	init_waitqueue_head(&inst->gate_wq);
+	init_waitqueue_head(&inst->drain_wq);
 	kref_init(&inst->ref);
 	mutex_init(&inst->swap_lock);
 	INIT_DELAYED_WORK(&inst->deadline_work, deadline_fn);
+	INIT_WORK(&inst->expedite_work, expedite_fn);
 	strscpy(inst->name, name, sizeof(inst->name));
 	inst->cls = cls;
 	inst->class_data = class_data;
@@ -392,6 +416,8 @@ static void swap_free(struct lsw_swap *swap, bool put_to)
 
 	inst->swap = NULL;
 	WRITE_ONCE(inst->swap_gen, inst->swap_gen + 1);
+	/* A drain of this swap stops waiting. */
+	wake_up_all(&inst->drain_wq);
 	spin_lock(&swap->owner->swaps_lock);
 	list_del(&swap->node);
 	spin_unlock(&swap->owner->swaps_lock);
@@ -660,7 +686,8 @@ put:
  */
 static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned int timeout_ms)
 {
-	unsigned long cookie, until, poll_us = LSW_DRAIN_POLL_MIN_US;
+	unsigned long cookie, until;
+	bool fallback_started = false;
 	struct lsw_swap *swap;
 	u64 gen;
 	ktime_t started;
@@ -681,22 +708,39 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 		until = swap->deadline;
 	gen = swap->gen;
 	started = ktime_get();
-	cookie = start_poll_synchronize_srcu(&inst->srcu);
+	/*
+	 * The expedite work starts the grace period: one started here would
+	 * be a normal one, whose first scan waits a jiffy even once expedited.
+	 */
+	cookie = get_state_synchronize_srcu(&inst->srcu);
+	kref_get(&inst->ref);
+	if (!queue_work(lsw_expedite_wq, &inst->expedite_work))
+		instance_put(inst);	/* queued already: that one expedites */
 	mutex_unlock(&inst->swap_lock);
 
 	while (!poll_state_synchronize_srcu(&inst->srcu, cookie)) {
+		long left = (long)(until - jiffies);
+
+		/* If the work has not run yet, a normal grace period will do. */
+		if (!fallback_started && ktime_ms_delta(ktime_get(), started) >= LSW_DRAIN_RECHECK_MS) {
+			start_poll_synchronize_srcu(&inst->srcu);
+			fallback_started = true;
+		}
+
 		if (READ_ONCE(inst->swap_gen) != gen)
 			break;
-		if (signal_pending(current)) {
-			ret = -EINTR;
-			break;
-		}
-		if (time_after_eq(jiffies, until)) {
+		if (left <= 0) {
 			ret = -ETIMEDOUT;
 			break;
 		}
-		usleep_range_state(poll_us, 2 * poll_us, TASK_INTERRUPTIBLE);
-		poll_us = min(2 * poll_us, LSW_DRAIN_POLL_MAX_US);
+		left = min(left, (long)msecs_to_jiffies(LSW_DRAIN_RECHECK_MS));
+		if (wait_event_interruptible_timeout(inst->drain_wq,
+						     poll_state_synchronize_srcu(&inst->srcu, cookie) ||
+						     READ_ONCE(inst->swap_gen) != gen,
+						     left) < 0) {
+			ret = -EINTR;
+			break;
+		}
 	}
 
 	if (mutex_lock_killable(&inst->swap_lock))
@@ -1068,15 +1112,28 @@ static int __init lsw_core_init(void)
 	lsw_deadline_wq = alloc_workqueue("lsw_deadline", WQ_MEM_RECLAIM, 0);
 	if (!lsw_deadline_wq)
 		return -ENOMEM;
+	lsw_expedite_wq = alloc_workqueue("lsw_expedite", WQ_UNBOUND, 0);
+	if (!lsw_expedite_wq) {
+		ret = -ENOMEM;
+		goto free_deadline;
+	}
 	ret = misc_register(&lsw_misc);
 	if (ret)
-		destroy_workqueue(lsw_deadline_wq);
+		goto free_expedite;
+	return 0;
+
+free_expedite:
+	destroy_workqueue(lsw_expedite_wq);
+free_deadline:
+	destroy_workqueue(lsw_deadline_wq);
 	return ret;
 }
 
 static void __exit lsw_core_exit(void)
 {
 	misc_deregister(&lsw_misc);
+	/* Flushes expedites still running; they hold the last references. */
+	destroy_workqueue(lsw_expedite_wq);
 	destroy_workqueue(lsw_deadline_wq);
 }
 

@@ -161,6 +161,8 @@ struct lsw_instance {
 	u64 swap_gen;			/* under swap_lock: bumped when a swap starts or ends */
 	bool retiring;			/* under swap_lock: no new swap */
 	struct delayed_work deadline_work;
+	struct work_struct expedite_work;	/* holds a reference while queued */
+	wait_queue_head_t drain_wq;	/* woken when an expedited drain ends */
 	u64 last_abort_owner;		/* handle id of the last aborted swap */
 	char last_abort[96];		/* and why the core aborted it */
 };

@@ -17,24 +17,9 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 
-#include "lswloop.h"
+#include "lswloop_v1.h"
 
 LSWLOOP_TEST_KNOBS("lswloop_v1");
-
-struct lswloop_v1 {
-	struct lsw_state_hdr hdr;
-	struct file *backing;
-	loff_t offset;
-	loff_t size;
-	u32 flags;
-	atomic64_t reads;
-	atomic64_t writes;
-};
-
-static struct lswloop_v1 *to_v1(struct lsw_state_hdr *hdr)
-{
-	return container_of(hdr, struct lswloop_v1, hdr);
-}
 
 blk_status_t lswloop_v1_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr *hdr, struct request *rq);
 loff_t lswloop_v1_size(struct lsw_instance *inst, struct lsw_state_hdr *hdr);

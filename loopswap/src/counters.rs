@@ -146,10 +146,16 @@ impl ModuleWatch {
         }
         module::check_root()?;
         module::check_live(&module)?;
-        // The two slow reads side by side: the module's symbols (the kernel
-        // formats every symbol before them) and the kernel's BTF.
+        // The slow reads side by side: the module's symbols (the kernel
+        // formats every symbol before them), and aya's feature probes then
+        // the kernel's BTF.
         let (kallsyms, task_scan_btf) = std::thread::scope(|scope| {
-            let btf = scope.spawn(|| crate::btf::task_scan_btf(&TASK_MEMBERS));
+            let btf = scope.spawn(|| {
+                // aya probes the kernel's features once, on first load:
+                // here, beside the kallsyms read, not after it.
+                let _ = aya::features();
+                crate::btf::task_scan_btf(&TASK_MEMBERS)
+            });
             let kallsyms = kallsyms::module_symbols(&module).map_err(|cause| Error::Io {
                 path: "/proc/kallsyms".into(),
                 cause,
@@ -255,30 +261,23 @@ impl ModuleWatch {
             .map(|function| watch.index_by_name[&function.name])
             .collect();
         // Without the iterator (no BTF, an older kernel) every task's
-        // /proc stack is read instead: slower, the same answer.
-        match task_scan_btf.and_then(|btf| watch.prepare_task_scan(&btf, &maps, &mut scan_config)) {
+        // /proc stack is read instead: slower, the same answer. The
+        // iterator is verified beside arming the probes (both take a CPU
+        // for tens of milliseconds, neither needs the other).
+        let scan_btf_id = task_scan_btf.and_then(|btf| watch.configure_task_scan(&btf, &mut scan_config));
+        let maps = maps.as_slice();
+        let (iterator, armed) = std::thread::scope(|scope| {
+            let iterator = scan_btf_id
+                .map(|btf_id| scope.spawn(move || TaskIterator::load(OBJECT, maps, SCAN_PROGRAM, btf_id)));
+            let armed = watch.arm(maps, options.max_active);
+            let iterator = iterator.and_then(|loading| loading.join().expect("loading does not panic"));
+            (iterator, armed)
+        });
+        match iterator {
             Ok(iterator) => watch.task_scan = Some(iterator),
             Err(why) => watch.task_scan_refused = Some(why.to_string()),
         }
-        watch.attach_tick()?;
-        // One link per direction for all functions; per-function tracefs
-        // probes where kprobe.multi is missing (no CONFIG_FPROBE) or
-        // refuses a function (it needs every one to be ftrace-able), so
-        // that each refused function is named.
-        if let Err(multi) = watch.attach_multi(&maps) {
-            watch.multi_refused = Some(multi.to_string());
-            ensure_file_descriptors(&watch.module, watch.functions.len())?;
-            // Loaded by aya only here: kprobe.multi loads its own copies.
-            for name in PROGRAMS {
-                let program: &mut KProbe = watch
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-                    .try_into()?;
-                program.load()?;
-            }
-            watch.attach_all(options.max_active)?;
-        }
+        armed?;
         if options.attribute_instances {
             watch.time_instances();
         }
@@ -300,16 +299,40 @@ impl ModuleWatch {
         Ok(program.fd()?.as_fd())
     }
 
-    /// Loads the task iterator and tells it the module's text range and
-    /// where a task keeps its ids. The range runs from the lowest function
-    /// to 64 KiB past the highest: wider than the module is harmless (a
-    /// task found is then checked on its `/proc` stack, by name and module).
-    fn prepare_task_scan(
+    /// The tick program, and the counting programs on every function: one
+    /// link per direction for all functions; per-function tracefs probes
+    /// where kprobe.multi is missing (no CONFIG_FPROBE) or refuses a
+    /// function (it needs every one to be ftrace-able), so that each
+    /// refused function is named.
+    fn arm(&mut self, maps: &[(String, std::os::fd::RawFd)], max_active: u32) -> Result<(), Error> {
+        self.attach_tick()?;
+        if let Err(multi) = self.attach_multi(maps) {
+            self.multi_refused = Some(multi.to_string());
+            ensure_file_descriptors(&self.module, self.functions.len())?;
+            // Loaded by aya only here: kprobe.multi loads its own copies.
+            for name in PROGRAMS {
+                let program: &mut KProbe = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+                    .try_into()?;
+                program.load()?;
+            }
+            self.attach_all(max_active)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the task iterator the module's text range and where a task
+    /// keeps its ids; returns the BTF id it attaches to. The range runs
+    /// from the lowest function to 64 KiB past the highest: wider than the
+    /// module is harmless (a task found is then checked on its `/proc`
+    /// stack, by name and module).
+    fn configure_task_scan(
         &self,
         btf: &crate::btf::TaskScanBtf,
-        maps: &[(String, std::os::fd::RawFd)],
         config: &mut aya::maps::Array<MapData, u64>,
-    ) -> Result<TaskIterator, Error> {
+    ) -> Result<u32, Error> {
         let offsets = &btf.task_offsets;
         let Some(btf_id) = btf.iter_task_id else {
             return Err(Error::Io {
@@ -370,7 +393,7 @@ impl ModuleWatch {
         for (slot, value) in slots {
             config.set(slot, value, 0)?;
         }
-        TaskIterator::load(OBJECT, maps, SCAN_PROGRAM, btf_id)
+        Ok(btf_id)
     }
 
     /// One pass of the task iterator: tasks with a return address in the
@@ -718,8 +741,15 @@ impl ModuleWatch {
     /// frames the counters do not know vetoes quiescence.
     pub fn confirmed_by_stacks(&mut self) -> Result<bool, Error> {
         let (inside, unreadable) = self.tasks_to_check()?;
-        // A stack the scan could not unwind is read again from /proc (with
-        // retries): one still on a CPU stays unread, as before.
+        // A stack the scan could not unwind (its task was on a CPU) is read
+        // once from /proc: still unreadable, or readable with no frame of
+        // the module, it holds nothing the counters miss (the probes' view
+        // stands, as for any running thread); only a stack that shows a
+        // frame of the module is compared with the counters.
+        let unreadable = unreadable.into_iter().filter(|(pid, tid)| {
+            matches!(stacks::read_once(*pid, *tid), Stack::Frames(frames) if !self.count_frames(&frames).is_empty())
+        });
+        let unreadable: Vec<TaskId> = unreadable.collect();
         let unreadable = unreadable.into_iter().map(|task| (task, false));
         for (task, found_inside) in inside.into_iter().map(|task| (task, true)).chain(unreadable) {
             let untracked = match self.untracked_frames(task) {
@@ -1091,7 +1121,7 @@ fn in_initial_pid_namespace() -> bool {
 }
 
 /// The eBPF object built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopswap"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopswap"));
 
 /// The eBPF object, loaded (maps created, programs not).
 pub fn load_object() -> Result<Ebpf, Error> {

@@ -47,19 +47,27 @@ const UNKNOWN_RETRIES: usize = 3;
 /// on a CPU at that instant, so an empty stack is retried, then `Unknown`.
 pub fn read(pid: i32, tid: i32) -> Stack {
     for _ in 0..UNKNOWN_RETRIES {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
-            return Stack::Gone;
-        };
-        let frames: Vec<Frame> = text.lines().filter_map(parse_frame).collect();
-        if !frames.is_empty() {
-            return Stack::Frames(frames);
+        match read_once(pid, tid) {
+            Stack::Unknown if is_dead(pid, tid) => return Stack::Gone,
+            Stack::Unknown => std::thread::yield_now(),
+            known => return known,
         }
-        if is_dead(pid, tid) {
-            return Stack::Gone;
-        }
-        std::thread::yield_now();
     }
     Stack::Unknown
+}
+
+/// One read of a task's kernel stack: `Unknown` if it is empty (on a CPU,
+/// or dead: [`read`] tells them apart).
+pub fn read_once(pid: i32, tid: i32) -> Stack {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
+        return Stack::Gone;
+    };
+    let frames: Vec<Frame> = text.lines().filter_map(parse_frame).collect();
+    if frames.is_empty() {
+        Stack::Unknown
+    } else {
+        Stack::Frames(frames)
+    }
 }
 
 /// Zombie or dead: no kernel frames to find, ever.

@@ -132,6 +132,10 @@ pub struct SwapReport {
     pub instances: Vec<InstanceReport>,
     /// SIGINT or SIGTERM ended the swap early.
     pub interrupted: bool,
+    /// When the swap started, in µs since the Unix epoch: with `micros`,
+    /// the span of the whole swap (attach and detach included) against
+    /// other logs.
+    pub started_unix_us: u64,
     pub micros: u64,
 }
 
@@ -203,6 +207,13 @@ impl SwapReport {
 
 /// Reports phases as they happen (lines of a gated phase once the gate is open).
 pub type Progress<'a> = &'a mut dyn FnMut(&str);
+
+/// Now, in µs since the Unix epoch.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
+}
 
 fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
@@ -337,6 +348,7 @@ fn lock_memory() -> Result<(), Error> {
 /// to be aborted is a report with `committed: false`.
 pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapReport, Error> {
     let started = Instant::now();
+    let started_unix_us = unix_us();
     check_usage(options)?;
     module::check_root()?;
     let module_file = match &options.to {
@@ -509,6 +521,7 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
         unloaded,
         instances: reports,
         interrupted: cancelled(),
+        started_unix_us,
         micros: micros(started),
     })
 }
@@ -711,10 +724,7 @@ async fn swap_one(
         return Ok(report);
     }
     report.gated = true;
-    report.gate_closed_unix_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|since| since.as_micros() as u64);
+    report.gate_closed_unix_us = Some(unix_us());
     phases.gated = true;
     phases.record(&mut report, "gate", at);
     let deadline = Instant::now() + options.timeout;

@@ -11,9 +11,10 @@ pub enum Which {
     /// Calls per second of an empty module function called in a tight loop
     /// from kernel threads: with no probes, with loopswap's counters
     /// (`loopswap watch`, every function of the module probed) with and
-    /// without the time-in-flight timestamps and histograms, and with a
-    /// plain kprobe+kretprobe pair running empty programs. Rounds alternate
-    /// between the four so drift hits all of them alike.
+    /// without the time-in-flight timestamps and histograms, with a plain
+    /// kprobe+kretprobe pair running empty programs, and with an empty
+    /// kprobe.multi pair (the counters' mechanism). Rounds alternate
+    /// between the five so drift hits all of them alike.
     Probes {
         /// Rounds per configuration (the median is reported).
         #[arg(long, default_value_t = 5)]
@@ -28,8 +29,10 @@ pub enum Which {
     /// Blackout (gate closed -> open) of `loopswap swap` on lswloop0 while
     /// fio writes to ext4 on it (direct and buffered jobs), alternating
     /// v1 -> v2 -> v1, against fio's own latency without swaps, the slowest
-    /// I/O in gate windows against control windows, a naive module reload,
-    /// and idle swaps with 0 / 250 / 2,000 extra threads. Writes
+    /// I/O in gate windows against control windows, IOPS while probes
+    /// attach and detach against before, a livepatch transition of
+    /// lswloop_v1_queue_rq idle and under the same load, a naive module
+    /// reload, and idle swaps with 0 / 250 / 2,000 extra threads. Writes
     /// target/bench/swap.json and two SVG pictures beside it.
     Swap {
         /// Number of swaps.
@@ -70,6 +73,12 @@ for round in $(seq {rounds}); do
     measure kprobe-pair
     kill -TERM $pid; wait $pid
     rm /tmp/probe.txt
+    loopswap bench-probe --multi lsw_fixture lsw_fixture_nop > /tmp/probe.txt &
+    pid=$!
+    wait_for_line /tmp/probe.txt
+    measure multi-pair
+    kill -TERM $pid; wait $pid
+    rm /tmp/probe.txt
 done
 rmmod lsw_fixture
 "#
@@ -100,15 +109,35 @@ insmod /modules/lswloop_v2.ko
 mkfs.ext4 -q /dev/lswloop0
 mount -t ext4 /dev/lswloop0 /mnt
 jobs="--directory=/mnt --size=16M --bs=4k --rw=randwrite --ioengine=psync --time_based"
+now() {{ sed -n 's/^now at \([0-9]*\) nsecs$/\1/p' /proc/timer_list | head -1; }}
 # The workload's own latency, without swaps.
 fio $jobs --runtime={quiet} --name=direct --direct=1 --name=buffered --direct=0 \
     --output-format=json > /tmp/quiet.json
 echo "QUIET $(tr -d '\n' < /tmp/quiet.json)"
+# A livepatch of lswloop_v1_queue_rq (the device runs lswloop_v1): its
+# transition, from insmod until every task runs the new function, then
+# back (disabled) until no task runs it; $2 rounds.
+lp=/sys/kernel/livepatch/lswloop_v1_livepatch
+livepatch() {{
+    for round in $(seq $2); do
+        t0=$(now)
+        insmod /modules/lswloop_v1_livepatch.ko
+        while [ "$(cat $lp/transition)" != 0 ]; do sleep 0.01; done
+        t1=$(now)
+        echo 0 > $lp/enabled
+        while [ -e $lp/transition ] && [ "$(cat $lp/transition)" != 0 ]; do sleep 0.01; done
+        t2=$(now)
+        rmmod lswloop_v1_livepatch
+        echo "LIVEPATCH $1 $((t1 - t0)) $((t2 - t1))"
+    done
+}}
+livepatch idle 3
 # The same workload with swaps: the direct job logs its worst I/O latency
 # per 10 ms (Unix epoch ms), first {control} s without swaps (the control
 # windows), then across the swaps.
 fio $jobs --runtime=3600 --name=direct --direct=1 --write_lat_log=/tmp/lat --log_avg_msec=10 \
-    --log_max_value=1 --log_unix_epoch=1 --name=buffered --direct=0 > /tmp/fio.txt 2>&1 &
+    --log_max_value=1 --log_unix_epoch=1 --write_iops_log=/tmp/iops \
+    --name=buffered --direct=0 > /tmp/fio.txt 2>&1 &
 fio=$!
 sleep {control}
 for i in $(seq {swaps}); do
@@ -120,9 +149,19 @@ sleep 1
 kill -INT $fio
 wait $fio || true
 sed 's/^/LAT /' /tmp/lat_clat.1.log
+sed 's/^/IOPS /' /tmp/iops_iops.1.log
+# The livepatch again, under the same load, with the device on lswloop_v1.
+if ! grep -q '^lswloop0 .*impl=lswloop_v1 ' /sys/kernel/lswloop/devices; then
+    loopswap swap lswloop0 --to lswloop_v1 --keep-old > /dev/null
+fi
+fio $jobs --runtime=3600 --name=direct --direct=1 --name=buffered --direct=0 > /dev/null 2>&1 &
+fio=$!
+sleep 3
+livepatch load 2
+kill -INT $fio
+wait $fio || true
 # The alternative without loopswap: stop using the device, unload and load
 # the module, set the device up again (fio would restart after this).
-now() {{ sed -n 's/^now at \([0-9]*\) nsecs$/\1/p' /proc/timer_list | head -1; }}
 impl=$(sed -n 's/^lswloop0 .*impl=\([a-z0-9_]*\).*/\1/p' /sys/kernel/lswloop/devices)
 t0=$(now)
 umount /mnt
@@ -239,6 +278,43 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         bail!("fio wrote no latency log\n{}", outcome.tail());
     }
     let first_ms = latency.iter().map(|(ms, _)| *ms).min().unwrap_or(0);
+    // The direct job's IOPS per 10 ms window of the same run.
+    let mut iops: Vec<(f64, f64)> = Vec::new();
+    for line in output.lines() {
+        let Some(rest) = line.strip_prefix("IOPS ") else {
+            continue;
+        };
+        let mut fields = rest.split(',').map(str::trim);
+        if let (Some(ms), Some(value)) = (fields.next(), fields.next()) {
+            iops.push((
+                ms.parse().context("an IOPS log time")?,
+                value.parse().context("an IOPS value")?,
+            ));
+        }
+    }
+    if iops.is_empty() {
+        bail!("fio wrote no IOPS log\n{}", outcome.tail());
+    }
+    // Livepatch transitions, enable and disable, idle and under load.
+    let mut livepatch: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for line in output.lines() {
+        let Some(rest) = line.strip_prefix("LIVEPATCH ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let [load, enable, disable] = fields[..] else {
+            bail!("a livepatch line: {line}");
+        };
+        let (enables, disables) = livepatch.entry(load).or_default();
+        enables.push(enable.parse::<f64>().context("a livepatch time")? / 1e6);
+        disables.push(disable.parse::<f64>().context("a livepatch time")? / 1e6);
+    }
+    if livepatch.len() != 2 {
+        bail!(
+            "the livepatch was not timed idle and under load\n{}",
+            outcome.tail()
+        );
+    }
 
     let swapped = reports(output, "SWAP ")?;
     if swapped.len() != swaps as usize {
@@ -252,6 +328,9 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     let mut held = Vec::new();
     let mut whole = Vec::new();
     let mut windows_ms = Vec::new();
+    // Before each gate closes (attach, seed, estimate) and after it opens
+    // (detach): when the probes come and go.
+    let mut probe_windows_ms = Vec::new();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (_, report) in &swapped {
         let instance = &report["instances"][0];
@@ -264,6 +343,10 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             .context("gate_closed_unix_us")?
             / 1000.0;
         windows_ms.push((closed_ms, closed_ms + blackout / 1000.0));
+        let started_ms = report["started_unix_us"].as_f64().context("started_unix_us")? / 1000.0;
+        let ended_ms = started_ms + report["micros"].as_f64().context("micros")? / 1000.0;
+        probe_windows_ms.push((started_ms, closed_ms));
+        probe_windows_ms.push((closed_ms + blackout / 1000.0, ended_ms));
         for phase in instance["phases"].as_array().context("phases")? {
             let name = phase["phase"].as_str().unwrap_or("?").to_owned();
             phases
@@ -305,6 +388,19 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         .map(|(_, us)| *us)
         .fold(0.0, f64::max);
 
+    // Mean IOPS of the log windows ending in the given spans, against the
+    // control seconds before the first swap.
+    let mean_iops = |spans: &[(f64, f64)]| -> f64 {
+        let values: Vec<f64> = iops
+            .iter()
+            .filter(|(ms, _)| spans.iter().any(|(from, to)| ms >= from && *ms <= to + 10.0))
+            .map(|(_, value)| *value)
+            .collect();
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    };
+    let iops_probes = mean_iops(&probe_windows_ms);
+    let iops_quiet = mean_iops(&[(first_ms as f64 + 500.0, first_swap_ms - 500.0)]);
+
     let reload_ms = output
         .lines()
         .find_map(|line| line.strip_prefix("RELOAD "))
@@ -312,15 +408,17 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         .map(|ns| ns / 1e6);
 
     let mut scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    let mut idle_whole = Vec::new();
     for (extra, report) in reports(output, "SCALE ")? {
-        scaling
-            .entry(extra.parse().context("extra threads")?)
-            .or_default()
-            .push(
-                report["instances"][0]["blackout_us"]
-                    .as_f64()
-                    .context("blackout_us")?,
-            );
+        let extra: u32 = extra.parse().context("extra threads")?;
+        if extra == 0 {
+            idle_whole.push(report["micros"].as_f64().unwrap_or(0.0) / 1000.0);
+        }
+        scaling.entry(extra).or_default().push(
+            report["instances"][0]["blackout_us"]
+                .as_f64()
+                .context("blackout_us")?,
+        );
     }
 
     let blackout_median = median(&mut blackouts);
@@ -369,6 +467,41 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     row(
         "whole swap (report to report), median",
         format!("{:.0} ms", median(&mut whole)),
+    );
+    row(
+        "whole swap, idle (no extra threads), median",
+        format!("{:.0} ms", median(&mut idle_whole)),
+    );
+    row(
+        "direct-job IOPS while probes attach or detach",
+        format!("{iops_probes:.0}"),
+    );
+    row(
+        "direct-job IOPS before the first swap",
+        format!("{iops_quiet:.0}"),
+    );
+    row("  ratio", format!("{:.2}x", iops_probes / iops_quiet));
+    let whole_median = median(&mut whole);
+    let idle_whole_median = median(&mut idle_whole);
+    let (lp_idle, lp_load) = (
+        median(&mut livepatch["idle"].0.clone()),
+        median(&mut livepatch["load"].0.clone()),
+    );
+    row(
+        "livepatch transition of lswloop_v1_queue_rq, idle, median",
+        format!("{lp_idle:.0} ms"),
+    );
+    row(
+        "livepatch transition, under the same fio, median",
+        format!("{lp_load:.0} ms"),
+    );
+    row(
+        "  whole swap idle / livepatch idle",
+        format!("{:.2}x", idle_whole_median / lp_idle),
+    );
+    row(
+        "  whole swap under fio / livepatch under fio",
+        format!("{:.2}x", whole_median / lp_load),
     );
     row(
         "calls held at the gate per swap, median",
@@ -438,7 +571,12 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             "run_with_swaps": worst_with,
             "before_first_swap": worst_without,
         },
-        "whole_swap_median_ms": median(&mut whole),
+        "whole_swap_median_ms": whole_median,
+        "whole_swap_idle_median_ms": idle_whole_median,
+        "direct_iops": { "probes_attaching_or_detaching": iops_probes, "before_first_swap": iops_quiet },
+        "livepatch_transition_ms": livepatch.iter().map(|(load, (enables, disables))| {
+            (load.to_string(), serde_json::json!({ "enable": enables, "disable": disables }))
+        }).collect::<BTreeMap<_, _>>(),
         "naive_reload_ms": reload_ms,
         "phase_median_ms": phase_medians,
         "idle_blackout_median_us_by_extra_threads": scale_medians,
@@ -477,6 +615,7 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
             "none" => "none",
             "loopswap" => "loopswap",
             "loopswap-untimed" => "loopswap-untimed",
+            "multi-pair" => "multi-pair",
             _ => "kprobe-pair",
         };
         rates.entry(mode).or_default().push(calls / (ns / 1e9));
@@ -495,6 +634,7 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
             "loopswap watch --no-time-in-flight (counting only)",
         ),
         ("kprobe-pair", "plain kprobe+kretprobe (empty programs)"),
+        ("multi-pair", "kprobe.multi entry+return links (empty programs)"),
     ] {
         let rate = median(
             rates
@@ -512,6 +652,13 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
         cost("loopswap") / cost("kprobe-pair"),
         cost("loopswap-untimed") / cost("kprobe-pair"),
         (cost("loopswap") / cost("loopswap-untimed") - 1.0) * 100.0
+    );
+    println!(
+        "against the same mechanism (an empty kprobe.multi pair): counting + time {:.2}x, \
+         counting alone {:.2}x; the kprobe.multi pair itself {:.2}x the kprobe pair",
+        cost("loopswap") / cost("multi-pair"),
+        cost("loopswap-untimed") / cost("multi-pair"),
+        cost("multi-pair") / cost("kprobe-pair"),
     );
     let json = serde_json::json!({
         "rounds": rounds,

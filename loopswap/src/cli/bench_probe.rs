@@ -5,11 +5,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Benchmark baseline (hidden): attach a plain kprobe+kretprobe pair with
 /// empty programs to MODULE's FUNCTION, the way aya attaches them by
-/// default, and hold them until SIGINT/SIGTERM.
+/// default (or, with --multi, as two kprobe.multi links, the mechanism the
+/// counters use), and hold them until SIGINT/SIGTERM.
 #[derive(Debug, Args)]
 pub struct BenchProbeArgs {
     pub module: String,
     pub function: String,
+    /// Attach through kprobe.multi links instead of a kprobe+kretprobe.
+    #[arg(long)]
+    pub multi: bool,
 }
 
 impl BenchProbeArgs {
@@ -18,7 +22,39 @@ impl BenchProbeArgs {
         loopswap::module::check_live(&self.module)?;
         let mut ebpf = loopswap::counters::load_object()?;
         let mut links = Vec::new();
-        for name in ["lsw_noop_enter", "lsw_noop_exit"] {
+        let mut multi_links = Vec::new();
+        if self.multi {
+            let symbols =
+                loopswap::kallsyms::module_symbols(&self.module).context("reading /proc/kallsyms")?;
+            let address = loopswap::kallsyms::module_functions(
+                &symbols,
+                &self.module,
+                loopswap::kallsyms::Scope::AllText,
+            )
+            .into_iter()
+            .find(|function| function.names.contains(&self.function))
+            .with_context(|| format!("no function {} in module {}", self.function, self.module))?
+            .address;
+            let maps = loopswap::raw_bpf::map_descriptors(&ebpf)?;
+            for (name, returns) in [("lsw_noop_enter", false), ("lsw_noop_exit", true)] {
+                multi_links.push(
+                    loopswap::raw_bpf::MultiLink::attach(
+                        loopswap::counters::OBJECT,
+                        &maps,
+                        name,
+                        &[address],
+                        returns,
+                    )
+                    .with_context(|| format!("attaching {name} through kprobe.multi"))?,
+                );
+            }
+        }
+        let kprobe_names: &[&str] = if self.multi {
+            &[]
+        } else {
+            &["lsw_noop_enter", "lsw_noop_exit"]
+        };
+        for name in kprobe_names {
             let program: &mut KProbe = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -44,6 +80,7 @@ impl BenchProbeArgs {
                 anyhow::Ok(())
             })?;
         drop(links);
+        drop(multi_links);
         Ok(())
     }
 }

@@ -135,8 +135,11 @@ pub mod event {
     pub const UNMATCHED_RETURN: u32 = 1;
     /// A probe fired at an address missing from the function table.
     pub const UNKNOWN_ADDRESS: u32 = 2;
+    /// The switch program could not record a task it found inside the
+    /// module (its map was full): the narrow stack check is not complete.
+    pub const SWITCH_LOST: u32 = 3;
     /// Number of slots.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Frames of a kernel stack the task scan looks at: as many as
@@ -158,7 +161,19 @@ pub const SCAN_ON_CPU_OFFSET: u32 = 7;
 pub const SCAN_SKIP_ENABLED: u32 = 8;
 /// Offset of `task_struct.start_time`.
 pub const SCAN_START_TIME_OFFSET: u32 = 9;
-pub const SCAN_CONFIG_SLOTS: u32 = 10;
+/// Non-zero while a swap watches context switches (`lsw_switch`): from
+/// just before a full scan that precedes its gate until its stack check.
+pub const SCAN_WATCH_SWITCHES: u32 = 10;
+pub const SCAN_CONFIG_SLOTS: u32 = 11;
+
+/// Most tasks the switch program remembers as switched out with a frame of
+/// the module on their stacks (past it: `event::SWITCH_LOST`, and a full
+/// scan instead).
+pub const SWITCH_MAX_INSIDE: u32 = 16384;
+/// Frames the switch program reads: as many as the kernel's callchains
+/// give (`perf_event_max_stack`), since its own frames come first. A stack
+/// this deep counts as inside (it may hide deeper frames).
+pub const SWITCH_MAX_FRAMES: usize = 127;
 
 /// Most tasks remembered as clean by the task scan (more are unwound each time).
 pub const SCAN_MAX_CLEAN: u32 = 65536;
@@ -191,6 +206,8 @@ mod pod {
     unsafe impl aya::Pod for super::TimeHistogram {}
     // SAFETY: two u32 fields, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::FunctionInfo {}
+    // SAFETY: four u32 fields, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::ScanRecord {}
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use aya_ebpf::{
     bindings::task_struct,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_func_ip, bpf_get_task_stack, bpf_seq_write},
+        generated::{bpf_get_func_ip, bpf_get_stack, bpf_get_task_stack, bpf_seq_write},
     },
-    macros::{kprobe, kretprobe, map},
+    macros::{kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use loopswap_common::{
     CONFIG_NOTIFY_LEFT, CONFIG_TIME_IN_FLIGHT, COUNTER_CONFIG_SLOTS, FUNCTION_INSTANCE_ENTRY, FunctionInfo,
@@ -24,7 +24,8 @@ use loopswap_common::{
     MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, SCAN_CONFIG_SLOTS, SCAN_IN_MODULE, SCAN_MAX_CLEAN,
     SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
     SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
-    SCAN_TGID_OFFSET, SCAN_UNREADABLE, ScanRecord, TimeHistogram, event, time_bucket,
+    SCAN_TGID_OFFSET, SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, SWITCH_MAX_FRAMES, SWITCH_MAX_INSIDE, ScanRecord,
+    TimeHistogram, event, time_bucket,
 };
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
@@ -370,6 +371,95 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
             (&raw const record).cast(),
             core::mem::size_of::<ScanRecord>() as u32,
         );
+    }
+    0
+}
+
+/// Tasks switched out, while a swap watches switches, with a return
+/// address in the module's text on their stacks (or a stack that could not
+/// be read, or so deep that it may hide one): tid → record. A task switched
+/// out clean is removed. With the full scan just before the swap's gate
+/// closed, these, the tasks on a CPU, and what that scan found are every
+/// task whose stack may hold a frame of the module.
+#[map]
+static SWITCHED_INSIDE: HashMap<u32, ScanRecord> = HashMap::with_max_entries(SWITCH_MAX_INSIDE, 0);
+
+/// The task each CPU switched to last, while a swap watches switches.
+#[map]
+static ON_CPU: PerCpuArray<ScanRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// The switched-out task's kernel stack, as `bpf_get_stack` writes it.
+#[map]
+static SWITCH_STACK: PerCpuArray<[u64; SWITCH_MAX_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// On `sched_switch(preempt, prev, next, prev_state)`, in `prev`'s context:
+/// `prev` stops running with the stack read here until it runs again, so
+/// the stack check during a swap's blackout reads only the tasks recorded
+/// here instead of walking every task in the system.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn lsw_switch(ctx: RawTracePointContext) -> i32 {
+    if config(SCAN_WATCH_SWITCHES) == 0 {
+        return 0;
+    }
+    let next: u64 = ctx.arg(2);
+    let read = |slot: u32| -> u32 {
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        unsafe { bpf_probe_read_kernel((next + config(slot)) as *const u32) }.unwrap_or(0)
+    };
+    if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot; the scheduler does not nest on one CPU.
+        unsafe {
+            *on_cpu = ScanRecord {
+                tid: read(SCAN_PID_OFFSET),
+                pid: read(SCAN_TGID_OFFSET),
+                flags: SCAN_UNREADABLE,
+                pad: 0,
+            };
+        }
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if tid == 0 {
+        // The idle task: it never enters a module.
+        return 0;
+    }
+    let Some(stack) = SWITCH_STACK.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU buffer of the size given.
+    let bytes = unsafe { bpf_get_stack(ctx.as_ptr(), stack.cast(), (SWITCH_MAX_FRAMES * 8) as u32, 0) };
+    let (start, end) = (config(SCAN_TEXT_START), config(SCAN_TEXT_END));
+    let mut flags = 0;
+    if bytes <= 0 {
+        flags = SCAN_UNREADABLE;
+    } else {
+        let frames = (bytes as usize / 8).min(SWITCH_MAX_FRAMES);
+        if frames == SWITCH_MAX_FRAMES {
+            flags = SCAN_IN_MODULE;
+        }
+        for i in 0..SWITCH_MAX_FRAMES {
+            if i >= frames || flags != 0 {
+                break;
+            }
+            // SAFETY: i is within the buffer.
+            let ip = unsafe { (*stack)[i] };
+            if ip >= start && ip < end {
+                flags = SCAN_IN_MODULE;
+            }
+        }
+    }
+    if flags == 0 {
+        let _ = SWITCHED_INSIDE.remove(tid);
+    } else {
+        let record = ScanRecord {
+            tid,
+            pid: (pid_tgid >> 32) as u32,
+            flags,
+            pad: 0,
+        };
+        if SWITCHED_INSIDE.insert(tid, record, 0).is_err() {
+            bump(&EVENTS, event::SWITCH_LOST);
+        }
     }
     0
 }

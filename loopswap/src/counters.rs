@@ -22,7 +22,7 @@ use loopswap_common::{
     InflightValue, MAX_FUNCTIONS, MAX_TIMED_INSTANCES, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE,
     SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED,
     SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
-    SCAN_UNREADABLE, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
+    SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
 };
 
 use crate::{
@@ -106,8 +106,53 @@ pub struct ModuleWatch {
     task_scan: Option<TaskIterator>,
     /// Why there is no task iterator, if there is none.
     task_scan_refused: Option<String>,
+    scan_config: aya::maps::Array<MapData, u64>,
+    /// The switch program's maps, once a swap attached it.
+    switches: Option<SwitchMaps>,
+    /// Why the switch program could not be attached, if it could not.
+    switches_refused: Option<String>,
+    /// Between `begin_stack_check` and `end_stack_check`.
+    narrow_check: Option<NarrowCheck>,
+    /// How the last stack check went.
+    last_stack_check: Option<StackCheck>,
     ebpf: Ebpf,
 }
+
+/// How a stack check chose the tasks it read, and how many it read.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StackCheck {
+    /// `"switched"`: the tasks found by the scan before the gate closed,
+    /// the tasks that stopped running since with a frame of the module or
+    /// an unreadable stack, and the tasks on a CPU; `"all"`: every task
+    /// (outside a swap, without the switch program, or when it skipped a
+    /// run or lost a record).
+    pub scope: &'static str,
+    /// Tasks it read from `/proc`: found with a frame of the module, or
+    /// with a stack the scan or the switch program could not unwind.
+    pub tasks_read: usize,
+}
+
+/// The maps `lsw_switch` fills while a swap watches context switches.
+struct SwitchMaps {
+    inside: BpfHashMap<MapData, u32, ScanRecord>,
+    on_cpu: PerCpuArray<MapData, ScanRecord>,
+}
+
+/// What the full scan before a swap's gate found, and the switch program's
+/// skipped runs and lost records then: any more since, and the narrow
+/// check is not complete (a full scan replaces it).
+struct NarrowCheck {
+    inside: Vec<TaskId>,
+    unreadable: Vec<TaskId>,
+    misses: u64,
+    lost: u64,
+}
+
+const SWITCH_PROGRAM: &str = "lsw_switch";
+
+/// Tasks found with a frame of the module, and tasks whose stacks could
+/// not be unwound.
+type TasksToCheck = (Vec<TaskId>, Vec<TaskId>);
 
 const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
 
@@ -216,7 +261,7 @@ impl ModuleWatch {
                 func_by_addr.insert(address, info, 0)?;
             }
         }
-        let mut scan_config: aya::maps::Array<MapData, u64> =
+        let scan_config: aya::maps::Array<MapData, u64> =
             aya::maps::Array::try_from(take_map(&mut ebpf, "SCAN_CONFIG")?)?;
         let mut counter_config: aya::maps::Array<MapData, u64> =
             aya::maps::Array::try_from(take_map(&mut ebpf, "COUNTER_CONFIG")?)?;
@@ -225,6 +270,11 @@ impl ModuleWatch {
         let mut watch = Self {
             task_scan: None,
             task_scan_refused: None,
+            scan_config,
+            switches: None,
+            switches_refused: None,
+            narrow_check: None,
+            last_stack_check: None,
             links: Vec::new(),
             probes: Vec::new(),
             inflight: BpfHashMap::try_from(take_map(&mut ebpf, "INFLIGHT")?)?,
@@ -264,7 +314,7 @@ impl ModuleWatch {
         // /proc stack is read instead: slower, the same answer. The
         // iterator is verified beside arming the probes (both take a CPU
         // for tens of milliseconds, neither needs the other).
-        let scan_btf_id = task_scan_btf.and_then(|btf| watch.configure_task_scan(&btf, &mut scan_config));
+        let scan_btf_id = task_scan_btf.and_then(|btf| watch.configure_task_scan(&btf));
         let maps = maps.as_slice();
         let (iterator, armed) = std::thread::scope(|scope| {
             let iterator = scan_btf_id
@@ -328,11 +378,7 @@ impl ModuleWatch {
     /// from the lowest function to 64 KiB past the highest: wider than the
     /// module is harmless (a task found is then checked on its `/proc`
     /// stack, by name and module).
-    fn configure_task_scan(
-        &self,
-        btf: &crate::btf::TaskScanBtf,
-        config: &mut aya::maps::Array<MapData, u64>,
-    ) -> Result<u32, Error> {
+    fn configure_task_scan(&mut self, btf: &crate::btf::TaskScanBtf) -> Result<u32, Error> {
         let offsets = &btf.task_offsets;
         let Some(btf_id) = btf.iter_task_id else {
             return Err(Error::Io {
@@ -391,7 +437,7 @@ impl ModuleWatch {
             ]);
         }
         for (slot, value) in slots {
-            config.set(slot, value, 0)?;
+            self.scan_config.set(slot, value, 0)?;
         }
         Ok(btf_id)
     }
@@ -419,12 +465,143 @@ impl ModuleWatch {
     /// Tasks whose stacks hold a frame of the module, and tasks whose stacks
     /// cannot be read now: from the task iterator, or from every `/proc`
     /// stack where the iterator is not available.
-    fn tasks_to_check(&mut self) -> Result<(Vec<TaskId>, Vec<TaskId>), Error> {
+    fn tasks_to_check(&mut self) -> Result<TasksToCheck, Error> {
+        let narrow = self.narrow_tasks()?;
+        self.last_stack_check = Some(StackCheck {
+            scope: if narrow.is_some() { "switched" } else { "all" },
+            tasks_read: 0,
+        });
+        if let Some(tasks) = narrow {
+            return Ok(tasks);
+        }
         if self.task_scan.is_some() {
             return self.scan_tasks();
         }
         let (inside, unknown) = stacks::scan_module(&self.module)?;
         Ok((inside.into_keys().collect(), unknown))
+    }
+
+    /// Before a swap closes its gate: from now on the switch program notes
+    /// every task that stops running with a frame of the module on its
+    /// stack (and the task each CPU runs), then one full scan reads every
+    /// task. Until `end_stack_check`, a task not running now that is in
+    /// neither has the stack that scan read, so the stack check reads only
+    /// those tasks, however many tasks the system has. Without the task
+    /// iterator, or if the switch program cannot be attached, nothing
+    /// changes: every check scans every task.
+    pub fn begin_stack_check(&mut self) -> Result<(), Error> {
+        self.end_stack_check()?;
+        if self.task_scan.is_none() {
+            return Ok(());
+        }
+        if self.switches.is_none() && self.switches_refused.is_none() {
+            match self.attach_switch() {
+                Ok(maps) => self.switches = Some(maps),
+                Err(why) => self.switches_refused = Some(why.to_string()),
+            }
+        }
+        let Some(switches) = &mut self.switches else {
+            return Ok(());
+        };
+        // Left from an earlier swap (written while the watch was off).
+        let stale: Vec<u32> = switches.inside.keys().filter_map(Result::ok).collect();
+        for tid in stale {
+            match switches.inside.remove(&tid) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let misses = self.switch_misses()?;
+        let lost = Self::sum_per_cpu(&self.events, event::SWITCH_LOST)?;
+        self.scan_config.set(SCAN_WATCH_SWITCHES, 1, 0)?;
+        let (inside, unreadable) = self.scan_tasks()?;
+        self.narrow_check = Some(NarrowCheck {
+            inside,
+            unreadable,
+            misses,
+            lost,
+        });
+        Ok(())
+    }
+
+    /// How the last stack check chose its tasks, and how many it read.
+    pub fn last_stack_check(&self) -> Option<StackCheck> {
+        self.last_stack_check.clone()
+    }
+
+    /// After the swap of an instance: every check scans every task again.
+    pub fn end_stack_check(&mut self) -> Result<(), Error> {
+        if self.narrow_check.take().is_some() {
+            self.scan_config.set(SCAN_WATCH_SWITCHES, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The sched_switch program, off until `begin_stack_check`.
+    fn attach_switch(&mut self) -> Result<SwitchMaps, Error> {
+        let maps = SwitchMaps {
+            inside: BpfHashMap::try_from(take_map(&mut self.ebpf, "SWITCHED_INSIDE")?)?,
+            on_cpu: PerCpuArray::try_from(take_map(&mut self.ebpf, "ON_CPU")?)?,
+        };
+        let program: &mut aya::programs::RawTracePoint = self
+            .ebpf
+            .program_mut(SWITCH_PROGRAM)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        program.load()?;
+        program.attach("sched_switch")?;
+        Ok(maps)
+    }
+
+    /// Runs of the switch program the kernel skipped (another BPF program
+    /// was running on that CPU): a task may have stopped unnoted.
+    fn switch_misses(&self) -> Result<u64, Error> {
+        let program: &aya::programs::RawTracePoint = self
+            .ebpf
+            .program(SWITCH_PROGRAM)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        recursion_misses(program.fd()?.as_fd())
+    }
+
+    /// The narrow check's tasks: what the scan before the gate found, the
+    /// tasks noted since, and the tasks on a CPU; `None` (scan every task)
+    /// outside a swap, or if the switch program skipped a run or lost a
+    /// record since that scan.
+    fn narrow_tasks(&self) -> Result<Option<TasksToCheck>, Error> {
+        let (Some(check), Some(switches)) = (&self.narrow_check, &self.switches) else {
+            return Ok(None);
+        };
+        let mut inside: BTreeSet<TaskId> = check.inside.iter().copied().collect();
+        let mut unreadable: BTreeSet<TaskId> = check.unreadable.iter().copied().collect();
+        for entry in switches.inside.iter() {
+            let record = match entry {
+                Ok((_, record)) => record,
+                // It ran again and stopped clean meanwhile.
+                Err(MapError::KeyNotFound) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            let task = (record.pid as i32, record.tid as i32);
+            if record.flags & SCAN_IN_MODULE != 0 {
+                inside.insert(task);
+            } else {
+                unreadable.insert(task);
+            }
+        }
+        for record in switches.on_cpu.get(&0, 0)?.iter() {
+            if record.tid != 0 {
+                unreadable.insert((record.pid as i32, record.tid as i32));
+            }
+        }
+        // Read after the sets: a run skipped or a record lost while they
+        // were read counts too.
+        if self.switch_misses()? != check.misses
+            || Self::sum_per_cpu(&self.events, event::SWITCH_LOST)? != check.lost
+        {
+            return Ok(None);
+        }
+        let unreadable = unreadable.difference(&inside).copied().collect();
+        Ok(Some((inside.into_iter().collect(), unreadable)))
     }
 
     /// A thread on a CPU cannot have its stack read, but a timer tick that
@@ -510,9 +687,15 @@ impl ModuleWatch {
             None => "kprobe.multi".into(),
             Some(why) => format!("tracefs kprobes (kprobe.multi refused: {why})"),
         };
-        match &self.task_scan_refused {
+        let probes = match &self.task_scan_refused {
             None => probes,
             Some(why) => format!("{probes}; every /proc stack read (no task iterator: {why})"),
+        };
+        match &self.switches_refused {
+            None => probes,
+            Some(why) => format!(
+                "{probes}; every task scanned in a swap's stack check (no sched_switch program: {why})"
+            ),
         }
     }
 
@@ -746,6 +929,9 @@ impl ModuleWatch {
         // the module, it holds nothing the counters miss (the probes' view
         // stands, as for any running thread); only a stack that shows a
         // frame of the module is compared with the counters.
+        if let Some(check) = &mut self.last_stack_check {
+            check.tasks_read = inside.len() + unreadable.len();
+        }
         let unreadable = unreadable.into_iter().filter(|(pid, tid)| {
             matches!(stacks::read_once(*pid, *tid), Stack::Frames(frames) if !self.count_frames(&frames).is_empty())
         });

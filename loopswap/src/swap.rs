@@ -24,7 +24,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     Error,
     control::{self, Control, CoreState, Instance},
-    counters::{ModuleWatch, WatchOptions},
+    counters::{ModuleWatch, StackCheck, WatchOptions},
     kallsyms::Scope,
     kmod, module,
     snapshot::FunctionCount,
@@ -111,6 +111,8 @@ pub struct InstanceReport {
     pub error: Option<String>,
     /// Before the gate closed: when the instance would likely be quiescent.
     pub quiescent_in: Option<Estimate>,
+    /// The last check of the counters against the kernel stacks.
+    pub stack_check: Option<StackCheck>,
     /// On failure: functions with threads in flight, and those threads.
     pub busy_functions: Vec<FunctionCount>,
     pub holders: Vec<Holder>,
@@ -660,6 +662,7 @@ async fn swap_one(
         error: None,
         quiescent_in: None,
         gate_closed_unix_us: None,
+        stack_check: None,
         busy_functions: Vec::new(),
         holders: Vec::new(),
         unprovable: false,
@@ -711,6 +714,13 @@ async fn swap_one(
         return Ok(report);
     }
 
+    // The full stack scan, before the gate closes: the check inside the
+    // blackout then reads only the tasks that ran since.
+    if let Err(err) = watch.begin_stack_check() {
+        report.error = Some(format!("refused before the gate closed: {err}"));
+        return Ok(report);
+    }
+
     // From here on, any failure aborts (and so does our exit: the core
     // aborts a swap whose handle closes, or whose deadline passes).
     let at = Instant::now();
@@ -721,6 +731,7 @@ async fn swap_one(
         kernel_deadline.as_millis()
     )) {
         report.error = Some(format!("refused before the gate closed: {err}"));
+        let _ = watch.end_stack_check();
         return Ok(report);
     }
     report.gated = true;
@@ -783,6 +794,7 @@ async fn swap_one(
             Err(NotQuiescent::Failed(err)) => return Err(err.to_string()),
         }
         phases.record(&mut report, "wait+confirm", at);
+        report.stack_check = watch.last_stack_check();
 
         let at = Instant::now();
         control
@@ -810,6 +822,9 @@ async fn swap_one(
         Err(reason) => abort(control, &mut report, reason, watch, from_module),
     }
     phases.gate_open();
+    if let Err(err) = watch.end_stack_check() {
+        (phases.progress)(&format!("{}: the switch watch stays on: {err}", instance.name));
+    }
     if let Some(error) = &report.error {
         (phases.progress)(&format!("{}: aborted: {error}", instance.name));
     }

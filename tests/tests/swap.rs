@@ -25,6 +25,10 @@ fn assert_committed(report: &Value) {
     let instance = &report["instances"][0];
     assert_eq!(instance["committed"], true, "{report}");
     assert!(instance["blackout_us"].as_u64().is_some(), "{report}");
+    // Inside the blackout the stacks were checked through the switch
+    // program (the tasks that ran since the full scan before the gate),
+    // not by walking every task again.
+    assert_eq!(instance["stack_check"]["scope"], "switched", "{report}");
 }
 
 #[test]
@@ -110,7 +114,13 @@ fio --filename=/dev/lswloop1 --size=32M --bs=4k --rw=randwrite --verify=crc32c -
     --verify_fatal=1 --direct=1 --ioengine=psync --time_based --runtime=12 --name=other > /tmp/fio.txt 2>&1 &
 fio=$!
 sleep 2
+# Requests of lswloop1 sleep inside lswloop_v1 during the swap of lswloop0:
+# the stack check reads that thread (whether the scan before the gate or
+# the switch program found it) and its frames are the counters' own.
+echo 200 > /sys/module/lswloop_v1/parameters/stall_ms
+sleep 0.5
 echo "== swap"; loopswap swap lswloop0 --to /modules/lswloop_v2.ko --json
+echo 0 > /sys/module/lswloop_v1/parameters/stall_ms
 echo "== during"; kill -0 $fio && echo fio-running
 echo "== fio"; if wait $fio; then echo ok; else echo failed; cat /tmp/fio.txt; fi
 echo "== status"; loopswap status --json
@@ -121,6 +131,14 @@ echo "== end"
     let out = &outcome.output;
     let report = json_in(out, "swap");
     assert_committed(&report);
+    // At least fio's thread, asleep inside lswloop_v1 for lswloop1.
+    assert!(
+        report["instances"][0]["stack_check"]["tasks_read"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{report}"
+    );
     assert_eq!(
         report["unloaded"],
         serde_json::json!([]),

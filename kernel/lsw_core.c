@@ -721,7 +721,7 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 	while (!poll_state_synchronize_srcu(&inst->srcu, cookie)) {
 		long left = (long)(until - jiffies);
 
-		/* If the work has not run yet, a normal grace period will do. */
+		/* Not over in 5 ms (the work may not have run): start a normal one too. */
 		if (!fallback_started && ktime_ms_delta(ktime_get(), started) >= LSW_DRAIN_RECHECK_MS) {
 			start_poll_synchronize_srcu(&inst->srcu);
 			fallback_started = true;

@@ -379,14 +379,10 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
 /// address in the module's text on their stacks (or a stack that could not
 /// be read, or so deep that it may hide one): tid → record. A task switched
 /// out clean is removed. With the full scan just before the swap's gate
-/// closed, these, the tasks on a CPU, and what that scan found are every
-/// task whose stack may hold a frame of the module.
+/// closed, these are every task not on a CPU whose stack may hold a frame
+/// of the module.
 #[map]
 static SWITCHED_INSIDE: HashMap<u32, ScanRecord> = HashMap::with_max_entries(SWITCH_MAX_INSIDE, 0);
-
-/// The task each CPU switched to last, while a swap watches switches.
-#[map]
-static ON_CPU: PerCpuArray<ScanRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// The switched-out task's kernel stack, as `bpf_get_stack` writes it.
 #[map]
@@ -400,22 +396,6 @@ static SWITCH_STACK: PerCpuArray<[u64; SWITCH_MAX_FRAMES]> = PerCpuArray::with_m
 pub fn lsw_switch(ctx: RawTracePointContext) -> i32 {
     if config(SCAN_WATCH_SWITCHES) == 0 {
         return 0;
-    }
-    let next: u64 = ctx.arg(2);
-    let read = |slot: u32| -> u32 {
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        unsafe { bpf_probe_read_kernel((next + config(slot)) as *const u32) }.unwrap_or(0)
-    };
-    if let Some(on_cpu) = ON_CPU.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot; the scheduler does not nest on one CPU.
-        unsafe {
-            *on_cpu = ScanRecord {
-                tid: read(SCAN_PID_OFFSET),
-                pid: read(SCAN_TGID_OFFSET),
-                flags: SCAN_UNREADABLE,
-                pad: 0,
-            };
-        }
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
@@ -450,16 +430,25 @@ pub fn lsw_switch(ctx: RawTracePointContext) -> i32 {
     }
     if flags == 0 {
         let _ = SWITCHED_INSIDE.remove(tid);
+        return 0;
+    }
+    // Updated in place when present: re-inserting would move the entry in
+    // its bucket, where a walk of the map in progress could miss it.
+    if let Some(record) = SWITCHED_INSIDE.get_ptr_mut(tid) {
+        // SAFETY: only this task's own switches write its entry.
+        unsafe { (*record).flags = flags };
+        return 0;
+    }
+    let record = ScanRecord {
+        tid,
+        pid: (pid_tgid >> 32) as u32,
+        flags,
+        pad: 0,
+    };
+    if SWITCHED_INSIDE.insert(tid, record, BPF_NOEXIST as u64).is_ok() {
+        bump(&EVENTS, event::SWITCH_INSERTS);
     } else {
-        let record = ScanRecord {
-            tid,
-            pid: (pid_tgid >> 32) as u32,
-            flags,
-            pad: 0,
-        };
-        if SWITCHED_INSIDE.insert(tid, record, 0).is_err() {
-            bump(&EVENTS, event::SWITCH_LOST);
-        }
+        bump(&EVENTS, event::SWITCH_LOST);
     }
     0
 }

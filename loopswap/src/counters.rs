@@ -22,7 +22,7 @@ use loopswap_common::{
     InflightValue, MAX_FUNCTIONS, MAX_TIMED_INSTANCES, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE,
     SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED,
     SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
-    SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
+    SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, SWITCH_MAX_FRAMES, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
 };
 
 use crate::{
@@ -132,10 +132,9 @@ pub struct StackCheck {
     pub tasks_read: usize,
 }
 
-/// The maps `lsw_switch` fills while a swap watches context switches.
+/// The map `lsw_switch` fills while a swap watches context switches.
 struct SwitchMaps {
     inside: BpfHashMap<MapData, u32, ScanRecord>,
-    on_cpu: PerCpuArray<MapData, ScanRecord>,
 }
 
 /// What the full scan before a swap's gate found, and the switch program's
@@ -149,6 +148,10 @@ struct NarrowCheck {
 }
 
 const SWITCH_PROGRAM: &str = "lsw_switch";
+
+/// Reads of the switch program's map before the narrow check gives up for
+/// a full scan (each read again because tasks were added meanwhile).
+const NARROW_READ_ATTEMPTS: usize = 3;
 
 /// Tasks found with a frame of the module, and tasks whose stacks could
 /// not be unwound.
@@ -514,7 +517,13 @@ impl ModuleWatch {
         let misses = self.switch_misses()?;
         let lost = Self::sum_per_cpu(&self.events, event::SWITCH_LOST)?;
         self.scan_config.set(SCAN_WATCH_SWITCHES, 1, 0)?;
-        let (inside, unreadable) = self.scan_tasks()?;
+        let (inside, unreadable) = match self.scan_tasks() {
+            Ok(tasks) => tasks,
+            Err(err) => {
+                self.scan_config.set(SCAN_WATCH_SWITCHES, 0, 0)?;
+                return Err(err);
+            }
+        };
         self.narrow_check = Some(NarrowCheck {
             inside,
             unreadable,
@@ -539,9 +548,23 @@ impl ModuleWatch {
 
     /// The sched_switch program, off until `begin_stack_check`.
     fn attach_switch(&mut self) -> Result<SwitchMaps, Error> {
+        // The kernel cuts the program's stacks at this depth: shallower than
+        // its buffer, a deep stack would pass for a short one.
+        const DEPTH: &str = "/proc/sys/kernel/perf_event_max_stack";
+        let depth: usize = std::fs::read_to_string(DEPTH)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        if depth < SWITCH_MAX_FRAMES {
+            return Err(Error::Io {
+                path: DEPTH.into(),
+                cause: std::io::Error::other(format!(
+                    "{depth} frames, below the {SWITCH_MAX_FRAMES} the switch program reads"
+                )),
+            });
+        }
         let maps = SwitchMaps {
             inside: BpfHashMap::try_from(take_map(&mut self.ebpf, "SWITCHED_INSIDE")?)?,
-            on_cpu: PerCpuArray::try_from(take_map(&mut self.ebpf, "ON_CPU")?)?,
         };
         let program: &mut aya::programs::RawTracePoint = self
             .ebpf
@@ -564,44 +587,41 @@ impl ModuleWatch {
         recursion_misses(program.fd()?.as_fd())
     }
 
-    /// The narrow check's tasks: what the scan before the gate found, the
-    /// tasks noted since, and the tasks on a CPU; `None` (scan every task)
-    /// outside a swap, or if the switch program skipped a run or lost a
-    /// record since that scan.
+    /// The narrow check's tasks: what the scan before the gate found and
+    /// the tasks noted since, all as tasks to read once (see
+    /// `confirmed_by_stacks`); `None` (scan every task) outside a swap, if
+    /// the switch program skipped a run or lost a record since that scan,
+    /// or if tasks kept being added while the map was read.
     fn narrow_tasks(&self) -> Result<Option<TasksToCheck>, Error> {
         let (Some(check), Some(switches)) = (&self.narrow_check, &self.switches) else {
             return Ok(None);
         };
-        let mut inside: BTreeSet<TaskId> = check.inside.iter().copied().collect();
-        let mut unreadable: BTreeSet<TaskId> = check.unreadable.iter().copied().collect();
-        for entry in switches.inside.iter() {
-            let record = match entry {
-                Ok((_, record)) => record,
-                // It ran again and stopped clean meanwhile.
-                Err(MapError::KeyNotFound) => continue,
-                Err(err) => return Err(err.into()),
-            };
-            let task = (record.pid as i32, record.tid as i32);
-            if record.flags & SCAN_IN_MODULE != 0 {
-                inside.insert(task);
-            } else {
-                unreadable.insert(task);
+        for _ in 0..NARROW_READ_ATTEMPTS {
+            let inserts = Self::sum_per_cpu(&self.events, event::SWITCH_INSERTS)?;
+            let mut tasks: BTreeSet<TaskId> = check.inside.iter().chain(&check.unreadable).copied().collect();
+            for entry in switches.inside.iter() {
+                match entry {
+                    Ok((_, record)) => {
+                        tasks.insert((record.pid as i32, record.tid as i32));
+                    }
+                    // It ran again and stopped clean meanwhile.
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            // Read after the map: a run skipped, a record lost or a task
+            // added while it was read counts too (entries are updated in
+            // place, so one added is the only one a walk can miss).
+            if self.switch_misses()? != check.misses
+                || Self::sum_per_cpu(&self.events, event::SWITCH_LOST)? != check.lost
+            {
+                return Ok(None);
+            }
+            if Self::sum_per_cpu(&self.events, event::SWITCH_INSERTS)? == inserts {
+                return Ok(Some((Vec::new(), tasks.into_iter().collect())));
             }
         }
-        for record in switches.on_cpu.get(&0, 0)?.iter() {
-            if record.tid != 0 {
-                unreadable.insert((record.pid as i32, record.tid as i32));
-            }
-        }
-        // Read after the sets: a run skipped or a record lost while they
-        // were read counts too.
-        if self.switch_misses()? != check.misses
-            || Self::sum_per_cpu(&self.events, event::SWITCH_LOST)? != check.lost
-        {
-            return Ok(None);
-        }
-        let unreadable = unreadable.difference(&inside).copied().collect();
-        Ok(Some((inside.into_iter().collect(), unreadable)))
+        Ok(None)
     }
 
     /// A thread on a CPU cannot have its stack read, but a timer tick that
@@ -928,7 +948,10 @@ impl ModuleWatch {
         // once from /proc: still unreadable, or readable with no frame of
         // the module, it holds nothing the counters miss (the probes' view
         // stands, as for any running thread); only a stack that shows a
-        // frame of the module is compared with the counters.
+        // frame of the module is compared with the counters. The narrow
+        // check's tasks are all read this way: each was inside, or
+        // unreadable, when last seen, and whether it is on a CPU now is
+        // what this read tells, as a scan now would.
         if let Some(check) = &mut self.last_stack_check {
             check.tasks_read = inside.len() + unreadable.len();
         }
@@ -936,11 +959,10 @@ impl ModuleWatch {
             matches!(stacks::read_once(*pid, *tid), Stack::Frames(frames) if !self.count_frames(&frames).is_empty())
         });
         let unreadable: Vec<TaskId> = unreadable.collect();
-        let unreadable = unreadable.into_iter().map(|task| (task, false));
-        for (task, found_inside) in inside.into_iter().map(|task| (task, true)).chain(unreadable) {
+        // Each was seen inside just now: one that cannot be compared vetoes.
+        for task in inside.into_iter().chain(unreadable) {
             let untracked = match self.untracked_frames(task) {
                 Untracked::Gone => continue,
-                Untracked::Unknown if !found_inside => continue,
                 Untracked::Unknown => return Ok(false),
                 Untracked::Frames(frames) => frames,
             };
@@ -1225,6 +1247,40 @@ impl ModuleWatch {
             + recursion
             + Self::sum_per_cpu(&self.events, event::INFLIGHT_MAP_FULL)?
             + Self::sum_per_cpu(&self.events, event::UNKNOWN_ADDRESS)?)
+    }
+
+    /// What the missed events were, for the report of a swap they stopped.
+    pub fn describe_missed(&self) -> String {
+        let mut parts = Vec::new();
+        for (link, direction) in self.links.iter().zip(["entry", "return"]) {
+            if let Ok((hooks, programs)) = link.missed_by_kind() {
+                if hooks > 0 {
+                    parts.push(format!("{hooks} {direction} hooks fprobe could not follow"));
+                }
+                if programs > 0 {
+                    parts.push(format!(
+                        "{programs} {direction} runs skipped (the CPU was in another BPF program or a BPF syscall)"
+                    ));
+                }
+            }
+        }
+        if !self.probes.is_empty() {
+            parts.push("tracefs probe or program misses".into());
+        }
+        for (slot, what) in [
+            (
+                event::INFLIGHT_MAP_FULL,
+                "entries not recorded (in-flight map full)",
+            ),
+            (event::UNKNOWN_ADDRESS, "probes at an unknown address"),
+        ] {
+            if let Ok(count) = Self::sum_per_cpu(&self.events, slot)
+                && count > 0
+            {
+                parts.push(format!("{count} {what}"));
+            }
+        }
+        parts.join(", ")
     }
 
     pub fn module(&self) -> &str {

@@ -66,6 +66,14 @@ impl MultiLink {
     /// program was already running on the CPU, and returns lost because
     /// fprobe's pool of return hooks (functions × CPUs × 2) ran out.
     pub fn missed(&self) -> Result<u64, Error> {
+        let (hooks, programs) = self.missed_by_kind()?;
+        Ok(hooks + programs)
+    }
+
+    /// [`missed`](Self::missed), as (calls fprobe could not follow, runs
+    /// of the program skipped because a BPF program or a BPF syscall held
+    /// the CPU).
+    pub fn missed_by_kind(&self) -> Result<(u64, u64), Error> {
         // SAFETY: plain old data; zero is valid.
         let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
         object_info(&self.link, &mut info)?;
@@ -74,7 +82,7 @@ impl MultiLink {
         // SAFETY: plain old data; zero is valid.
         let mut program: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
         object_info(&self.program, &mut program)?;
-        Ok(link_missed + program.recursion_misses)
+        Ok((link_missed, program.recursion_misses))
     }
 }
 

@@ -787,7 +787,8 @@ async fn swap_one(
             Err(NotQuiescent::Missed(missed)) => {
                 report.unprovable = true;
                 return Err(format!(
-                    "{missed} probe events were missed: quiescence cannot be proven"
+                    "{missed} probe events were missed ({}): quiescence cannot be proven",
+                    watch.describe_missed()
                 ));
             }
             Err(NotQuiescent::Cancelled) => return Err(interrupted()),

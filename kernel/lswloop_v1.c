@@ -27,34 +27,7 @@ int lswloop_v1_show(struct lsw_instance *inst, struct lsw_state_hdr *hdr, char *
 
 blk_status_t lswloop_v1_queue_rq(struct lsw_instance *inst, struct lsw_state_hdr *hdr, struct request *rq)
 {
-	struct lswloop_v1 *s = to_v1(hdr);
-	blk_status_t status;
-
-	blk_mq_start_request(rq);
-	if (!lsw_state_enter(hdr)) {
-		blk_mq_end_request(rq, BLK_STS_IOERR);
-		return BLK_STS_OK;
-	}
-	if (READ_ONCE(stall_ms))
-		msleep(READ_ONCE(stall_ms));
-	switch (req_op(rq)) {
-	case REQ_OP_READ:
-		atomic64_inc(&s->reads);
-		status = lswloop_file_rw(s->backing, rq, s->offset + (blk_rq_pos(rq) << SECTOR_SHIFT));
-		break;
-	case REQ_OP_WRITE:
-		atomic64_inc(&s->writes);
-		status = lswloop_file_rw(s->backing, rq, s->offset + (blk_rq_pos(rq) << SECTOR_SHIFT));
-		break;
-	case REQ_OP_FLUSH:
-		status = vfs_fsync(s->backing, 0) ? BLK_STS_IOERR : BLK_STS_OK;
-		break;
-	default:
-		status = BLK_STS_NOTSUPP;
-	}
-	lsw_state_exit(hdr);
-	blk_mq_end_request(rq, status);
-	return BLK_STS_OK;
+	return lswloop_v1_do_rq(hdr, rq, READ_ONCE(stall_ms));
 }
 EXPORT_SYMBOL_GPL(lswloop_v1_queue_rq);
 

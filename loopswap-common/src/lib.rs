@@ -138,8 +138,9 @@ pub mod event {
     /// The switch program could not record a task it found inside the
     /// module (its map was full): the narrow stack check is not complete.
     pub const SWITCH_LOST: u32 = 3;
-    /// Tasks the switch program added to its map: a walk of the map that
-    /// saw this count change may have missed one, and is read again.
+    /// Tasks the switch program set out to add to its map (counted before
+    /// each insert): a walk of the map that saw this count change may have
+    /// missed one, and is read again.
     pub const SWITCH_INSERTS: u32 = 4;
     /// Number of slots.
     pub const COUNT: u32 = 5;

@@ -256,6 +256,36 @@ static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_C
 #[map]
 static SCAN_STACK: PerCpuArray<[u64; SCAN_MAX_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
 
+/// What a stack of `bytes` bytes (as `bpf_get_task_stack` or
+/// `bpf_get_stack` returned) shows: `SCAN_UNREADABLE` if nothing was read,
+/// `SCAN_IN_MODULE` if a return address lies in the module's text (or, with
+/// `full_is_inside`, if it fills the buffer), else 0.
+///
+/// # Safety
+/// `stack` points at a per-CPU buffer of `N` frames.
+#[inline(always)]
+unsafe fn stack_flags<const N: usize>(stack: *const [u64; N], bytes: i64, full_is_inside: bool) -> u32 {
+    if bytes <= 0 {
+        return SCAN_UNREADABLE;
+    }
+    let frames = (bytes as usize / 8).min(N);
+    if full_is_inside && frames == N {
+        return SCAN_IN_MODULE;
+    }
+    let (start, end) = (config(SCAN_TEXT_START), config(SCAN_TEXT_END));
+    for i in 0..N {
+        if i >= frames {
+            break;
+        }
+        // SAFETY: i is within the buffer.
+        let ip = unsafe { (*stack)[i] };
+        if ip >= start && ip < end {
+            return SCAN_IN_MODULE;
+        }
+    }
+    0
+}
+
 /// `struct bpf_iter_meta`: the iterator's output file comes first.
 #[repr(C)]
 struct IterMeta {
@@ -327,24 +357,8 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
     };
     // SAFETY: a per-CPU buffer of the size given.
     let bytes = unsafe { bpf_get_task_stack(task, stack.cast(), (SCAN_MAX_FRAMES * 8) as u32, 0) };
-    let (start, end) = (config(SCAN_TEXT_START), config(SCAN_TEXT_END));
-    let mut flags = 0;
-    if bytes <= 0 {
-        flags = SCAN_UNREADABLE;
-    } else {
-        let frames = (bytes as usize / 8).min(SCAN_MAX_FRAMES);
-        for i in 0..SCAN_MAX_FRAMES {
-            if i >= frames {
-                break;
-            }
-            // SAFETY: i is within the buffer.
-            let ip = unsafe { (*stack)[i] };
-            if ip >= start && ip < end {
-                flags = SCAN_IN_MODULE;
-                break;
-            }
-        }
-    }
+    // SAFETY: the buffer bpf_get_task_stack just wrote.
+    let flags = unsafe { stack_flags(stack, bytes, false) };
     match switches {
         // Clean and still: skip it next time unless it runs meanwhile. A
         // full map only means it is unwound again.
@@ -408,46 +422,30 @@ pub fn lsw_switch(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: a per-CPU buffer of the size given.
     let bytes = unsafe { bpf_get_stack(ctx.as_ptr(), stack.cast(), (SWITCH_MAX_FRAMES * 8) as u32, 0) };
-    let (start, end) = (config(SCAN_TEXT_START), config(SCAN_TEXT_END));
-    let mut flags = 0;
-    if bytes <= 0 {
-        flags = SCAN_UNREADABLE;
-    } else {
-        let frames = (bytes as usize / 8).min(SWITCH_MAX_FRAMES);
-        if frames == SWITCH_MAX_FRAMES {
-            flags = SCAN_IN_MODULE;
-        }
-        for i in 0..SWITCH_MAX_FRAMES {
-            if i >= frames || flags != 0 {
-                break;
-            }
-            // SAFETY: i is within the buffer.
-            let ip = unsafe { (*stack)[i] };
-            if ip >= start && ip < end {
-                flags = SCAN_IN_MODULE;
-            }
-        }
-    }
+    // SAFETY: the buffer bpf_get_stack just wrote. A stack as deep as
+    // the buffer may hide a frame of the module: it counts as inside.
+    let flags = unsafe { stack_flags(stack, bytes, true) };
     if flags == 0 {
         let _ = SWITCHED_INSIDE.remove(tid);
         return 0;
     }
     // Updated in place when present: re-inserting would move the entry in
     // its bucket, where a walk of the map in progress could miss it.
-    if let Some(record) = SWITCHED_INSIDE.get_ptr_mut(tid) {
-        // SAFETY: only this task's own switches write its entry.
-        unsafe { (*record).flags = flags };
-        return 0;
-    }
     let record = ScanRecord {
         tid,
         pid: (pid_tgid >> 32) as u32,
         flags,
         pad: 0,
     };
-    if SWITCHED_INSIDE.insert(tid, record, BPF_NOEXIST as u64).is_ok() {
-        bump(&EVENTS, event::SWITCH_INSERTS);
-    } else {
+    if let Some(entry) = SWITCHED_INSIDE.get_ptr_mut(tid) {
+        // SAFETY: only this task's own switches write its entry.
+        unsafe { *entry = record };
+        return 0;
+    }
+    // Counted before the insert: a reader that finds the count unchanged
+    // after its walk knows no entry was added since it began.
+    bump(&EVENTS, event::SWITCH_INSERTS);
+    if SWITCHED_INSIDE.insert(tid, record, BPF_NOEXIST as u64).is_err() {
         bump(&EVENTS, event::SWITCH_LOST);
     }
     0

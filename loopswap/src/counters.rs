@@ -606,7 +606,8 @@ impl ModuleWatch {
                     }
                     // It ran again and stopped clean meanwhile.
                     Err(MapError::KeyNotFound) => continue,
-                    Err(err) => return Err(err.into()),
+                    // The walk is not complete: walk every task instead.
+                    Err(_) => return Ok(None),
                 }
             }
             // Read after the map: a run skipped, a record lost or a task

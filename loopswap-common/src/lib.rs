@@ -95,7 +95,18 @@ pub const CONFIG_TIME_IN_FLIGHT: u32 = 0;
 /// Non-zero: a waiter reads `LEFT`; write a record each time a thread
 /// leaves the module (a watch has no waiter, and saves that work).
 pub const CONFIG_NOTIFY_LEFT: u32 = 1;
-pub const COUNTER_CONFIG_SLOTS: u32 = 2;
+/// Non-zero: the lowest function's address, rounded down to 16, and the
+/// probes find functions in `FUNC_BY_SLOT` (one slot per 16 bytes of text
+/// from there) instead of hashing the address in `FUNC_BY_ADDR`.
+pub const CONFIG_SLOT_BASE: u32 = 2;
+pub const COUNTER_CONFIG_SLOTS: u32 = 3;
+
+/// Slots of `FUNC_BY_SLOT` at most: 1 MiB of module text. A module whose
+/// functions span more, or whose functions share a 16-byte slot, is looked
+/// up by hash instead.
+pub const MAX_FUNCTION_SLOTS: u32 = 1 << 16;
+/// log2 of the bytes of text per `FUNC_BY_SLOT` slot.
+pub const FUNCTION_SLOT_SHIFT: u32 = 4;
 
 /// Most instances with a time-in-flight histogram (preallocated per CPU:
 /// 256 x 328 bytes, 84 KiB per CPU). Instances past it are not timed.
@@ -119,6 +130,8 @@ pub struct FunctionInfo {
 /// The function is an instance entry point: its first argument points at a
 /// `struct lsw_instance`, whose first field is the instance id.
 pub const FUNCTION_INSTANCE_ENTRY: u32 = 1;
+/// The `FUNC_BY_SLOT` slot holds a function (an empty slot is all zeros).
+pub const FUNCTION_KNOWN: u32 = 2;
 
 /// Marks an [`InflightKey::tid`] that stands for an idle task's interrupt
 /// context on one CPU, not a real thread id.

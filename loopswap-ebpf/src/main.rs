@@ -19,8 +19,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use loopswap_common::{
-    CONFIG_NOTIFY_LEFT, CONFIG_TIME_IN_FLIGHT, COUNTER_CONFIG_SLOTS, FUNCTION_INSTANCE_ENTRY, FunctionInfo,
-    IDLE_TID_FLAG, InflightKey, InflightValue, MAX_FUNCTIONS, MAX_INFLIGHT_ENTRIES, MAX_TIMED_INSTANCES,
+    CONFIG_NOTIFY_LEFT, CONFIG_SLOT_BASE, CONFIG_TIME_IN_FLIGHT, COUNTER_CONFIG_SLOTS,
+    FUNCTION_INSTANCE_ENTRY, FUNCTION_KNOWN, FUNCTION_SLOT_SHIFT, FunctionInfo, IDLE_TID_FLAG, InflightKey,
+    InflightValue, MAX_FUNCTION_SLOTS, MAX_FUNCTIONS, MAX_INFLIGHT_ENTRIES, MAX_TIMED_INSTANCES,
     MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, SCAN_CONFIG_SLOTS, SCAN_IN_MODULE, SCAN_MAX_CLEAN,
     SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
     SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
@@ -31,6 +32,11 @@ use loopswap_common::{
 /// Function entry address (and entry+4 past an ENDBR) → function index.
 #[map]
 static FUNC_BY_ADDR: HashMap<u64, FunctionInfo> = HashMap::with_max_entries(2 * MAX_FUNCTIONS, 0);
+/// The same, by 16-byte slot of the module's text from
+/// `COUNTER_CONFIG[CONFIG_SLOT_BASE]`: an array lookup instead of a hash
+/// (userspace sizes it to the module's text at load).
+#[map]
+static FUNC_BY_SLOT: Array<FunctionInfo> = Array::with_max_entries(MAX_FUNCTION_SLOTS, 0);
 
 /// (thread, function) → frames of that function the thread is inside now.
 #[map]
@@ -121,12 +127,24 @@ fn current_key(ctx: *mut core::ffi::c_void) -> Option<(InflightKey, u32)> {
     // gives the probed function's entry.
     let ip = unsafe { bpf_get_func_ip(ctx) };
     // SAFETY: a plain map lookup of a u64 key.
-    let info = match unsafe { FUNC_BY_ADDR.get(ip) } {
-        Some(info) => *info,
-        None => {
-            bump(&EVENTS, event::UNKNOWN_ADDRESS);
-            return None;
+    let base = COUNTER_CONFIG.get(CONFIG_SLOT_BASE).copied().unwrap_or(0);
+    let info = if base != 0 {
+        let slot = ip.wrapping_sub(base) >> FUNCTION_SLOT_SHIFT;
+        if slot < u64::from(MAX_FUNCTION_SLOTS) {
+            FUNC_BY_SLOT
+                .get(slot as u32)
+                .copied()
+                .filter(|info| info.flags & FUNCTION_KNOWN != 0)
+        } else {
+            None
         }
+    } else {
+        // SAFETY: a plain map lookup of a u64 key.
+        unsafe { FUNC_BY_ADDR.get(ip) }.copied()
+    };
+    let Some(info) = info else {
+        bump(&EVENTS, event::UNKNOWN_ADDRESS);
+        return None;
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     let tid = if tid == 0 {

@@ -18,11 +18,12 @@ use aya::{
     programs::KProbe,
 };
 use loopswap_common::{
-    CONFIG_NOTIFY_LEFT, CONFIG_TIME_IN_FLIGHT, FUNCTION_INSTANCE_ENTRY, FunctionInfo, InflightKey,
-    InflightValue, MAX_FUNCTIONS, MAX_TIMED_INSTANCES, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE,
-    SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED,
-    SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET,
-    SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, SWITCH_MAX_FRAMES, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
+    CONFIG_NOTIFY_LEFT, CONFIG_SLOT_BASE, CONFIG_TIME_IN_FLIGHT, FUNCTION_INSTANCE_ENTRY, FUNCTION_KNOWN,
+    FUNCTION_SLOT_SHIFT, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTION_SLOTS, MAX_FUNCTIONS,
+    MAX_TIMED_INSTANCES, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET,
+    SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET,
+    SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE, SCAN_WATCH_SWITCHES,
+    SWITCH_MAX_FRAMES, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
 };
 
 use crate::{
@@ -239,35 +240,63 @@ impl ModuleWatch {
         let time_in_flight = options.time_in_flight && histogram_bytes <= TIME_MEMORY_LIMIT;
         // No CO-RE relocation needs the kernel's BTF: aya is told not to
         // parse it (the task iterator's attach point comes from the scan).
+        let slots = function_slots(&functions);
         let mut ebpf = aya::EbpfLoader::new()
             .btf(None)
             .map_max_entries(
                 "TIME_BY_FUNCTION",
                 if time_in_flight { functions.len() as u32 } else { 1 },
             )
+            .map_max_entries(
+                "FUNC_BY_SLOT",
+                slots.as_ref().map_or(1, |(_, table)| table.len() as u32),
+            )
             .load(OBJECT)?;
         let maps = raw_bpf::map_descriptors(&ebpf)?;
-        let mut func_by_addr: BpfHashMap<MapData, u64, FunctionInfo> =
-            BpfHashMap::try_from(take_map(&mut ebpf, "FUNC_BY_ADDR")?)?;
-        for (index, function) in functions.iter().enumerate() {
+        let info = |index: usize| {
+            let function = &functions[index];
             let flags = if options.attribute_instances && function.exported {
                 FUNCTION_INSTANCE_ENTRY
             } else {
                 0
             };
-            let info = FunctionInfo {
+            FunctionInfo {
                 index: index as u32,
-                flags,
-            };
-            // With IBT the probed address may be reported past the ENDBR.
-            for address in [function.address, function.address + 4] {
-                func_by_addr.insert(address, info, 0)?;
+                flags: flags | FUNCTION_KNOWN,
+            }
+        };
+        let mut counter_config: aya::maps::Array<MapData, u64> =
+            aya::maps::Array::try_from(take_map(&mut ebpf, "COUNTER_CONFIG")?)?;
+        // Kept open until the probes' programs are loaded (they refer to
+        // the maps by these descriptors).
+        let mut func_by_slot = None;
+        let mut func_by_addr = None;
+        match &slots {
+            Some((base, table)) => {
+                let func_by_slot = func_by_slot.insert(aya::maps::Array::<MapData, FunctionInfo>::try_from(
+                    take_map(&mut ebpf, "FUNC_BY_SLOT")?,
+                )?);
+                for (slot, index) in table.iter().enumerate() {
+                    if let Some(index) = index {
+                        func_by_slot.set(slot as u32, info(*index as usize), 0)?;
+                    }
+                }
+                counter_config.set(CONFIG_SLOT_BASE, *base, 0)?;
+            }
+            None => {
+                let func_by_addr = func_by_addr.insert(BpfHashMap::<MapData, u64, FunctionInfo>::try_from(
+                    take_map(&mut ebpf, "FUNC_BY_ADDR")?,
+                )?);
+                for (index, function) in functions.iter().enumerate() {
+                    // With IBT the probed address may be reported past the ENDBR.
+                    for address in [function.address, function.address + 4] {
+                        func_by_addr.insert(address, info(index), 0)?;
+                    }
+                }
             }
         }
         let scan_config: aya::maps::Array<MapData, u64> =
             aya::maps::Array::try_from(take_map(&mut ebpf, "SCAN_CONFIG")?)?;
-        let mut counter_config: aya::maps::Array<MapData, u64> =
-            aya::maps::Array::try_from(take_map(&mut ebpf, "COUNTER_CONFIG")?)?;
         // Before any probe is armed, so that every stamp is consistent.
         counter_config.set(CONFIG_TIME_IN_FLIGHT, u64::from(time_in_flight), 0)?;
         let mut watch = Self {
@@ -336,6 +365,7 @@ impl ModuleWatch {
         }
         watch.armed_ns = time_in_flight::monotonic_ns();
         watch.seed()?;
+        drop((func_by_slot, func_by_addr));
         Ok(watch)
     }
 
@@ -1327,6 +1357,37 @@ fn attribute(entries: &[(InflightKey, InflightValue)], seeded: u64) -> (BTreeMap
     (instances, unattributed)
 }
 
+/// The probes' table by 16-byte slot of text: the base address (the
+/// lowest function's, rounded down to a slot) and, per slot, the index of
+/// the function whose entry (or entry + 4, past an ENDBR, as the probes may
+/// report it) lies in it. `None` when two functions share a slot or the
+/// functions span more than `MAX_FUNCTION_SLOTS` slots: the probes then
+/// hash the exact address.
+fn function_slots(functions: &[Function]) -> Option<(u64, Vec<Option<u32>>)> {
+    let lowest = functions.iter().map(|function| function.address).min()?;
+    let base = lowest & !((1u64 << FUNCTION_SLOT_SHIFT) - 1);
+    if base == 0 {
+        return None;
+    }
+    let mut table: Vec<Option<u32>> = Vec::new();
+    for (index, function) in functions.iter().enumerate() {
+        for address in [function.address, function.address + 4] {
+            let slot = usize::try_from((address - base) >> FUNCTION_SLOT_SHIFT).ok()?;
+            if slot >= MAX_FUNCTION_SLOTS as usize {
+                return None;
+            }
+            if table.len() <= slot {
+                table.resize(slot + 1, None);
+            }
+            match table[slot] {
+                Some(other) if other != index as u32 => return None,
+                _ => table[slot] = Some(index as u32),
+            }
+        }
+    }
+    Some((base, table))
+}
+
 /// Each probed function holds two perf event descriptors: raise
 /// RLIMIT_NOFILE as far as needed (root may raise the hard limit too, up to
 /// `fs.nr_open`), or refuse up front, with nothing attached.
@@ -1416,6 +1477,36 @@ fn recursion_misses(program: BorrowedFd<'_>) -> Result<u64, Error> {
 
 #[cfg(test)]
 mod tests {
+    fn functions_at(addresses: &[u64]) -> Vec<Function> {
+        addresses
+            .iter()
+            .map(|address| Function {
+                name: format!("f{address:x}"),
+                names: vec![format!("f{address:x}")],
+                address: *address,
+                exported: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn functions_get_a_slot_each_or_the_hash() {
+        let base = 0xffff_ffff_c000_0000;
+        let (found, table) = function_slots(&functions_at(&[base + 0x40, base + 0x10, base + 0x8c])).unwrap();
+        assert_eq!(found, base + 0x10);
+        // entry and entry + 4 (past an ENDBR) both find the function.
+        assert_eq!(table[0], Some(1));
+        assert_eq!(table[3], Some(0));
+        assert_eq!(table[(0x8c - 0x10) >> 4], Some(2));
+        assert_eq!(table[(0x90 - 0x10) >> 4], Some(2));
+        assert_eq!(table.len(), ((0x90 - 0x10) >> 4) + 1);
+        assert_eq!(table.iter().flatten().count(), 4);
+        // Two functions in one slot, or text too wide: hash instead.
+        assert!(function_slots(&functions_at(&[base, base + 8])).is_none());
+        assert!(function_slots(&functions_at(&[base, base + 16 * u64::from(MAX_FUNCTION_SLOTS)])).is_none());
+        assert!(function_slots(&[]).is_none());
+    }
+
     use super::*;
 
     fn frame(tid: u32, func: u32, depth: u32, instance: u32) -> (InflightKey, InflightValue) {

@@ -20,7 +20,8 @@ struct lswloop_v1 {
 	atomic64_t writes;
 };
 
-static inline struct lswloop_v1 *to_v1(struct lsw_state_hdr *hdr)
+/* Always inlined: an out-of-line static inline copy would be notrace. */
+static __always_inline struct lswloop_v1 *to_v1(struct lsw_state_hdr *hdr)
 {
 	return container_of(hdr, struct lswloop_v1, hdr);
 }

@@ -117,10 +117,10 @@ fn record_time(func: u32, instance: u32, ns: u64) {
     }
 }
 
-/// The probed function (looked up by address) and the current thread's
-/// key for it. (kprobe.multi attach cookies would save the lookup, but the
-/// kernel finds a cookie by a binary search with an indirect compare per
-/// step: measured slower than this hash lookup.)
+/// The probed function (looked up by its address's slot, or by hash) and
+/// the current thread's key for it. (kprobe.multi attach cookies would
+/// save the lookup, but the kernel finds a cookie by a binary search with
+/// an indirect compare per step: measured slower than the hash lookup.)
 #[inline(always)]
 fn current_key(ctx: *mut core::ffi::c_void) -> Option<(InflightKey, u32)> {
     // SAFETY: valid in kprobe programs (Linux 5.15+); in a return probe it

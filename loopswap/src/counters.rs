@@ -122,11 +122,11 @@ pub struct ModuleWatch {
 /// How a stack check chose the tasks it read, and how many it read.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StackCheck {
-    /// `"switched"`: the tasks found by the scan before the gate closed,
-    /// the tasks that stopped running since with a frame of the module or
-    /// an unreadable stack, and the tasks on a CPU; `"all"`: every task
+    /// `"switched"`: the tasks the scan before the gate closed found inside
+    /// or could not unwind, and the tasks that stopped running since with a
+    /// frame of the module or an unreadable stack; `"all"`: every task
     /// (outside a swap, without the switch program, or when it skipped a
-    /// run or lost a record).
+    /// run, lost a record or its map could not be read whole).
     pub scope: &'static str,
     /// Tasks it read from `/proc`: found with a frame of the module, or
     /// with a stack the scan or the switch program could not unwind.
@@ -138,12 +138,12 @@ struct SwitchMaps {
     inside: BpfHashMap<MapData, u32, ScanRecord>,
 }
 
-/// What the full scan before a swap's gate found, and the switch program's
-/// skipped runs and lost records then: any more since, and the narrow
-/// check is not complete (a full scan replaces it).
+/// The tasks the full scan before a swap's gate found inside or could not
+/// unwind, and the switch program's skipped runs and lost records then:
+/// any more since, and the narrow check is not complete (a full scan
+/// replaces it).
 struct NarrowCheck {
-    inside: Vec<TaskId>,
-    unreadable: Vec<TaskId>,
+    tasks: Vec<TaskId>,
     misses: u64,
     lost: u64,
 }
@@ -516,9 +516,9 @@ impl ModuleWatch {
 
     /// Before a swap closes its gate: from now on the switch program notes
     /// every task that stops running with a frame of the module on its
-    /// stack (and the task each CPU runs), then one full scan reads every
-    /// task. Until `end_stack_check`, a task not running now that is in
-    /// neither has the stack that scan read, so the stack check reads only
+    /// stack, then one full scan reads every task. Until `end_stack_check`,
+    /// a task not running now that is in neither has the stack that scan
+    /// read, so the stack check reads only
     /// those tasks, however many tasks the system has. Without the task
     /// iterator, or if the switch program cannot be attached, nothing
     /// changes: every check scans every task.
@@ -555,8 +555,7 @@ impl ModuleWatch {
             }
         };
         self.narrow_check = Some(NarrowCheck {
-            inside,
-            unreadable,
+            tasks: inside.into_iter().chain(unreadable).collect(),
             misses,
             lost,
         });
@@ -628,7 +627,7 @@ impl ModuleWatch {
         };
         for _ in 0..NARROW_READ_ATTEMPTS {
             let inserts = Self::sum_per_cpu(&self.events, event::SWITCH_INSERTS)?;
-            let mut tasks: BTreeSet<TaskId> = check.inside.iter().chain(&check.unreadable).copied().collect();
+            let mut tasks: BTreeSet<TaskId> = check.tasks.iter().copied().collect();
             for entry in switches.inside.iter() {
                 match entry {
                     Ok((_, record)) => {

@@ -197,6 +197,26 @@ const QUIET_SECONDS: u32 = 15;
 /// Seconds of the logged fio run before the first swap: the control windows.
 const CONTROL_SECONDS: u32 = 10;
 
+/// (Unix ms, value) of the lines starting with `prefix`: a fio log
+/// (`time, value, direction, ...`) printed by the guest, one line each.
+fn fio_log(output: &str, prefix: &str) -> anyhow::Result<Vec<(u64, f64)>> {
+    let mut samples = Vec::new();
+    for line in output.lines() {
+        let Some(rest) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        let mut fields = rest.split(',').map(str::trim);
+        let (Some(ms), Some(value)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        samples.push((
+            ms.parse().context("a log time")?,
+            value.parse().context("a logged value")?,
+        ));
+    }
+    Ok(samples)
+}
+
 /// The committed swap reports of the lines starting with `prefix`.
 fn reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str, serde_json::Value)>> {
     let mut found = Vec::new();
@@ -259,42 +279,18 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     };
     let (quiet_p99_us, quiet_p999_us) = (clat("99.000000"), clat("99.900000"));
 
-    // Worst I/O latency per 10 ms window of the logged run.
-    let mut latency: Vec<(u64, f64)> = Vec::new();
-    for line in output.lines() {
-        let Some(rest) = line.strip_prefix("LAT ") else {
-            continue;
-        };
-        let mut fields = rest.split(',').map(str::trim);
-        let (Some(ms), Some(ns)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        latency.push((
-            ms.parse().context("a log time")?,
-            ns.parse::<f64>().context("a latency")? / 1000.0,
-        ));
-    }
-    if latency.is_empty() {
-        bail!("fio wrote no latency log\n{}", outcome.tail());
+    // Worst I/O latency (µs) and IOPS of the direct job per 10 ms window
+    // of the logged run.
+    let latency: Vec<(u64, f64)> = fio_log(output, "LAT ")
+        .context("fio's latency log")?
+        .into_iter()
+        .map(|(ms, ns)| (ms, ns / 1000.0))
+        .collect();
+    let iops = fio_log(output, "IOPS ").context("fio's IOPS log")?;
+    if latency.is_empty() || iops.is_empty() {
+        bail!("fio wrote no latency or no IOPS log\n{}", outcome.tail());
     }
     let first_ms = latency.iter().map(|(ms, _)| *ms).min().unwrap_or(0);
-    // The direct job's IOPS per 10 ms window of the same run.
-    let mut iops: Vec<(f64, f64)> = Vec::new();
-    for line in output.lines() {
-        let Some(rest) = line.strip_prefix("IOPS ") else {
-            continue;
-        };
-        let mut fields = rest.split(',').map(str::trim);
-        if let (Some(ms), Some(value)) = (fields.next(), fields.next()) {
-            iops.push((
-                ms.parse().context("an IOPS log time")?,
-                value.parse().context("an IOPS value")?,
-            ));
-        }
-    }
-    if iops.is_empty() {
-        bail!("fio wrote no IOPS log\n{}", outcome.tail());
-    }
     // Livepatch transitions, enable and disable, idle and under load.
     let mut livepatch: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for line in output.lines() {
@@ -393,7 +389,10 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     let mean_iops = |spans: &[(f64, f64)]| -> f64 {
         let values: Vec<f64> = iops
             .iter()
-            .filter(|(ms, _)| spans.iter().any(|(from, to)| ms >= from && *ms <= to + 10.0))
+            .filter(|(ms, _)| {
+                let ms = *ms as f64;
+                spans.iter().any(|(from, to)| ms >= *from && ms <= to + 10.0)
+            })
             .map(|(_, value)| *value)
             .collect();
         values.iter().sum::<f64>() / values.len().max(1) as f64
@@ -483,10 +482,13 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     row("  ratio", format!("{:.2}x", iops_probes / iops_quiet));
     let whole_median = median(&mut whole);
     let idle_whole_median = median(&mut idle_whole);
-    let (lp_idle, lp_load) = (
-        median(&mut livepatch["idle"].0.clone()),
-        median(&mut livepatch["load"].0.clone()),
-    );
+    let mut enable_median = |load: &str| -> anyhow::Result<f64> {
+        let (enables, _) = livepatch
+            .get_mut(load)
+            .with_context(|| format!("no livepatch timed {load}"))?;
+        Ok(median(&mut enables.clone()))
+    };
+    let (lp_idle, lp_load) = (enable_median("idle")?, enable_median("load")?);
     row(
         "livepatch transition of lswloop_v1_queue_rq, idle, median",
         format!("{lp_idle:.0} ms"),

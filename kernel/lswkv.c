@@ -14,6 +14,7 @@
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/sysfs.h>
@@ -36,9 +37,10 @@ static LIST_HEAD(stores);
 static DEFINE_MUTEX(stores_lock);
 static struct kobject *lswkv_kobj;
 
+/* The store of a file opened by lswkv_open(). */
 static struct lswkv_store *to_store(struct file *file)
 {
-	return container_of(file->private_data, struct lswkv_store, misc);
+	return ((struct seq_file *)file->private_data)->private;
 }
 
 static ssize_t lswkv_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
@@ -66,37 +68,44 @@ static ssize_t lswkv_write(struct file *file, const char __user *ubuf, size_t le
 	return ret ? ret : len;
 }
 
-/* The whole listing is built at the first read, so it is complete at any size. */
-static ssize_t lswkv_read(struct file *file, char __user *ubuf, size_t len, loff_t *ppos)
+/*
+ * The whole listing, as one seq_file record: built at a reader's first read
+ * and kept for its later ones, so it is complete at any size and never cut
+ * or repeated by writes between them. Too small a buffer is reported as an
+ * overflow and seq_file calls again with a larger one.
+ */
+static int lswkv_show(struct seq_file *m, void *unused)
 {
-	struct lswkv_store *store = to_store(file);
-	size_t size = PAGE_SIZE, need;
+	struct lswkv_store *store = m->private;
 	struct lsw_call call;
-	ssize_t ret;
+	size_t room, need;
 	char *buf;
 
-	for (;;) {
-		buf = kvmalloc(size, GFP_KERNEL);
-		if (!buf)
-			return -ENOMEM;
-		lsw_enter(store->inst, &call);
-		need = lsw_call_ops(&call, struct lswkv_ops)->dump(store->inst, call.state, buf, size);
-		lsw_exit(&call);
-		if (need < size)
-			break;
-		kvfree(buf);
-		size = need + 1;
-	}
-	ret = simple_read_from_buffer(ubuf, len, ppos, buf, need);
-	kvfree(buf);
-	return ret;
+	room = seq_get_buf(m, &buf);
+	lsw_enter(store->inst, &call);
+	need = lsw_call_ops(&call, struct lswkv_ops)->dump(store->inst, call.state, buf, room);
+	lsw_exit(&call);
+	seq_commit(m, need < room ? need : -1);
+	return 0;
+}
+
+static int lswkv_open(struct inode *inode, struct file *file)
+{
+	/* misc_open() set private_data to the store's miscdevice. */
+	struct lswkv_store *store = container_of(file->private_data, struct lswkv_store, misc);
+
+	/* seq_file keeps its own there. */
+	file->private_data = NULL;
+	return single_open(file, lswkv_show, store);
 }
 
 static const struct file_operations lswkv_fops = {
 	.owner = THIS_MODULE,
+	.open = lswkv_open,
+	.release = single_release,
 	.write = lswkv_write,
-	.read = lswkv_read,
-	.llseek = default_llseek,
+	.read = seq_read,
+	.llseek = seq_lseek,
 };
 
 static int lswkv_add(const char *name)

@@ -208,31 +208,58 @@ static ssize_t remove_store(struct kobject *kobj, struct kobj_attribute *attr,
 /* Longest line of the devices listing, state included. */
 #define DEVICE_LINE_MAX 512
 
+/* Listings kept for readers that have not yet read to the end. */
+#define LISTINGS_KEPT 32
+
 /*
- * One line per device, complete at any count: a binary attribute builds the
- * whole listing for each read and copies out the part asked for. It is
- * world-readable, so it never waits: a device whose gate is closed for a
- * swap shows "swapping" instead of its state, and its buffer is allocated
- * with memalloc_noio (reclaim must not wait on a gated device).
+ * sysfs calls a binary attribute's read() once per read(2), at the file's
+ * offset. Built afresh each time, the listing would shift under a reader
+ * whenever a line changes length between two of its reads (a counter gains
+ * a digit, a device comes or goes): text would be cut or repeated. So the
+ * listing built at offset 0 is kept for that open file and every later
+ * read is served from it, until the file reads past its end. sysfs gives a
+ * binary attribute no release(), so a reader that stops early leaves its
+ * listing behind: at most LISTINGS_KEPT are kept, the least recently read
+ * going first.
  */
-static ssize_t devices_read(struct file *file, struct kobject *kobj,
-			    struct bin_attribute *attr, char *buf, loff_t off, size_t count)
+struct listing {
+	struct list_head node;
+	const struct file *file;
+	char *text;
+	size_t len;
+};
+
+/* Most recently read first. Taken before devices_lock. */
+static DEFINE_MUTEX(listings_lock);
+static LIST_HEAD(listings);
+static unsigned int nr_listings;
+
+static void listing_free(struct listing *l)
+{
+	list_del(&l->node);
+	nr_listings--;
+	kvfree(l->text);
+	kfree(l);
+}
+
+/*
+ * One line per device, complete at any count. It never waits on a device:
+ * one whose gate is closed for a swap shows "swapping" instead of its
+ * state. The caller is in memalloc_noio: reclaim must not wait on a gated
+ * device.
+ */
+static char *devices_text(size_t *lenp)
 {
 	struct lswloop_device *dev;
 	size_t cap, len = 0;
-	unsigned int noio;
 	struct lsw_call call;
-	ssize_t ret;
-	char *text;
+	char *text, *kept;
 
-	noio = memalloc_noio_save();
 	mutex_lock(&devices_lock);
 	cap = DEVICE_LINE_MAX * (list_count_nodes(&devices) + 1);
 	text = kvmalloc(cap, GFP_KERNEL);
-	if (!text) {
-		ret = -ENOMEM;
+	if (!text)
 		goto unlock;
-	}
 	list_for_each_entry(dev, &devices, node) {
 		size_t line = len;
 
@@ -249,15 +276,76 @@ static ssize_t devices_read(struct file *file, struct kobject *kobj,
 		lsw_exit(&call);
 		len += scnprintf(text + len, cap - len, "\n");
 	}
-	ret = 0;
-	if (off < len) {
-		ret = min_t(size_t, count, len - off);
-		memcpy(buf, text + off, ret);
-	}
+	mutex_unlock(&devices_lock);
+	/* Kept until read to the end: its length, not the worst case. */
+	kept = kvmemdup(text, len + 1, GFP_KERNEL);
 	kvfree(text);
+	*lenp = len;
+	return kept;
 unlock:
 	mutex_unlock(&devices_lock);
+	return NULL;
+}
+
+/*
+ * The file's listing: the one kept for it, or, at offset 0 or if it was
+ * dropped, a new one. The caller holds listings_lock.
+ */
+static struct listing *listing_for(const struct file *file, loff_t off)
+{
+	struct listing *l, *found = NULL;
+
+	list_for_each_entry(l, &listings, node) {
+		if (l->file == file) {
+			found = l;
+			break;
+		}
+	}
+	if (found && off) {
+		list_move(&found->node, &listings);
+		return found;
+	}
+	if (found)
+		listing_free(found);
+	else if (nr_listings >= LISTINGS_KEPT)
+		listing_free(list_last_entry(&listings, struct listing, node));
+	l = kzalloc(sizeof(*l), GFP_KERNEL);
+	if (!l)
+		return NULL;
+	l->text = devices_text(&l->len);
+	if (!l->text) {
+		kfree(l);
+		return NULL;
+	}
+	l->file = file;
+	list_add(&l->node, &listings);
+	nr_listings++;
+	return l;
+}
+
+/* World-readable, so it never waits on a device (see devices_text()). */
+static ssize_t devices_read(struct file *file, struct kobject *kobj,
+			    struct bin_attribute *attr, char *buf, loff_t off, size_t count)
+{
+	struct listing *l;
+	unsigned int noio;
+	ssize_t ret = 0;
+
+	if (mutex_lock_killable(&listings_lock))
+		return -EINTR;
+	noio = memalloc_noio_save();
+	l = listing_for(file, off);
 	memalloc_noio_restore(noio);
+	if (!l) {
+		ret = -ENOMEM;
+	} else if (off < l->len) {
+		ret = min_t(size_t, count, l->len - off);
+		memcpy(buf, l->text + off, ret);
+	} else {
+		/* Read to the end: the file's next read starts over. */
+		listing_free(l);
+	}
+	mutex_unlock(&listings_lock);
 	return ret;
 }
 
@@ -313,8 +401,11 @@ unregister_blkdev:
 static void __exit lswloop_exit(void)
 {
 	struct lswloop_device *dev, *tmp;
+	struct listing *l, *next;
 
 	kobject_put(lswloop_kobj);
+	list_for_each_entry_safe(l, next, &listings, node)
+		listing_free(l);
 	list_for_each_entry_safe(dev, tmp, &devices, node) {
 		list_del(&dev->node);
 		lswloop_remove(dev);

@@ -237,6 +237,19 @@ i=0
 while [ $i -lt 1000 ]; do add disk$i 1; i=$((i + 1)); done
 echo '== devices'; wc -l < /sys/kernel/lswloop/devices
 echo '== last-device'; tail -n 1 /sys/kernel/lswloop/devices | cut -d' ' -f1-3
+# One open file reads one listing, even if a device goes between its reads.
+cat /sys/kernel/lswloop/devices > /tmp/whole
+exec 3< /sys/kernel/lswloop/devices
+dd bs=100 count=1 <&3 > /tmp/one 2>/dev/null
+echo lswloop0 > /sys/kernel/lswloop/remove
+cat <&3 >> /tmp/one
+exec 3<&-
+echo '== one-listing'; cmp /tmp/whole /tmp/one && echo same
+echo '== after-remove'; wc -l < /sys/kernel/lswloop/devices
+add disk0 1
+dd if=/sys/kernel/lswloop/devices bs=7 2>/dev/null > /tmp/small
+cat /sys/kernel/lswloop/devices > /tmp/whole
+echo '== small-reads'; cmp /tmp/whole /tmp/small && echo same
 loopswap status --json > /tmp/status.json
 echo '== status-count'; grep -o '\"name\":\"lswloop[0-9]*\"' /tmp/status.json | sort -u | wc -l
 # 1,000 lines are more than a pipe holds: the reader is gone before the end.
@@ -252,6 +265,11 @@ echo '== end'
     let out = &outcome.output;
     assert_eq!(section(out, "devices"), ["1000"], "{out}");
     assert_eq!(section(out, "last-device"), ["lswloop999 id=999 impl=lswloop_v1"]);
+    // Built afresh for each read, the listing shifted under a reader when a
+    // line changed length between its reads: lines were cut or repeated.
+    assert_eq!(section(out, "one-listing"), ["same"], "{out}");
+    assert_eq!(section(out, "after-remove"), ["999"], "{out}");
+    assert_eq!(section(out, "small-reads"), ["same"], "{out}");
     assert_eq!(section(out, "status-count"), ["1000"], "{out}");
     // A reader that goes away ends the command quietly, as SIGPIPE would.
     assert_eq!(section(out, "head"), ["classes: lswloop", "pipe=141"], "{out}");

@@ -46,6 +46,18 @@ for store in kv0 kv1; do
     if cat /dev/$store | sed 's/ writes=.*//' | sort | cmp -s - /tmp/want; then echo same; else echo DIFFERENT; cat /dev/$store; fi
     echo "== $store-writes"; grep -c ' writes=[1-9]' /dev/$store || true
 done
+# A listing of several pages, read in two parts with a write between them:
+# one open file reads one listing.
+echo kv2 > /sys/kernel/lswkv/add
+i=0; while [ $i -lt 200 ]; do echo "key$i=value-$i-0123456789012345678901234567890123456789" > /dev/kv2; i=$((i + 1)); done
+cat /dev/kv2 > /tmp/kv2-whole
+exec 3< /dev/kv2
+dd bs=100 count=1 <&3 > /tmp/kv2-one 2>/dev/null
+echo key0=v > /dev/kv2
+cat <&3 >> /tmp/kv2-one
+exec 3<&-
+echo '== kv2-lines'; wc -l < /tmp/kv2-whole
+echo '== kv2-one-listing'; cmp /tmp/kv2-whole /tmp/kv2-one && echo same
 echo '== modules'; cut -d' ' -f1 /proc/modules | grep lswkv_ || true
 echo '== end'
 "#,
@@ -72,6 +84,8 @@ echo '== end'
     // carry over, so the counts began at the swap and every key has some.
     assert_eq!(section(out, "kv0-writes"), ["40"], "{out}");
     assert_eq!(section(out, "kv1-writes"), ["40"], "{out}");
+    assert_eq!(section(out, "kv2-lines"), ["200"], "{out}");
+    assert_eq!(section(out, "kv2-one-listing"), ["same"], "{out}");
     // Nothing runs v1 any more: the swap unloaded it.
     assert_eq!(section(out, "modules"), ["lswkv_v2"], "{out}");
 }

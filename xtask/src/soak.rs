@@ -221,7 +221,8 @@ round() {
         sleep 4; kill -CONT $pid 2>/dev/null; wait $pid; rc=$? ;;
     remove)
         swap_bg
-        usleep $((param * 1000)); echo $dev > /sys/kernel/lswloop/remove
+        usleep $((param * 1000))
+        echo $dev > /sys/kernel/lswloop/remove || echo "ROUND-FAIL n=$n removing $dev failed"
         wait $pid; rc=$? ;;
     *) swap; rc=$? ;;
     esac
@@ -232,6 +233,7 @@ round() {
         # A new device may take the removed one's free id: after reading.
         scratch=$((scratch + 1)); add scratch$scratch 4
         scratchdev=$(tail -n 1 /sys/kernel/lswloop/devices | cut -d' ' -f1)
+        case $scratchdev in lswloop[0-9]*) ;; *) echo "ROUND-FAIL n=$n the new device's name reads as '$scratchdev'" ;; esac
     fi
     echo "ROUND n=$n dev=$dev fault=$fault param=$param from=$from to=$to rc=$rc after=${after:-gone} $(facts)"
     i=0; while [ $i -lt $DEVICES ]; do

@@ -159,6 +159,21 @@ pub mod event {
     pub const COUNT: u32 = 5;
 }
 
+/// Slots of the `LIVE` array: counts of map entries that the programs keep
+/// with atomic adds, one before each insert and one after each delete, so
+/// that a count read as 0 proves the map held no entry at that instant
+/// (the walk that would tell, a syscall per entry after a scan of every
+/// bucket, is then skipped).
+pub mod live {
+    /// Entries of `INFLIGHT`.
+    pub const INFLIGHT: u32 = 0;
+    /// Entries the switch program added to `SWITCHED_INSIDE`, less those
+    /// it removed (userspace subtracts the ones it removed itself).
+    pub const SWITCHED: u32 = 1;
+    /// Number of slots.
+    pub const COUNT: u32 = 2;
+}
+
 /// Frames of a kernel stack the task scan looks at: as many as
 /// `/proc/PID/stack` shows.
 pub const SCAN_MAX_FRAMES: usize = 64;

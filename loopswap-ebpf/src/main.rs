@@ -5,6 +5,8 @@
 //! (`bpf_get_func_ip`), so one program pair serves every function.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -26,7 +28,7 @@ use loopswap_common::{
     SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
     SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
     SCAN_TGID_OFFSET, SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, SWITCH_MAX_FRAMES, SWITCH_MAX_INSIDE, ScanRecord,
-    TimeHistogram, event, time_bucket,
+    TimeHistogram, event, live, time_bucket,
 };
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
@@ -73,6 +75,25 @@ static TIME_BY_INSTANCE: PerCpuHashMap<u32, TimeHistogram> =
 /// Special events, see `loopswap_common::event`.
 #[map]
 static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0);
+
+/// Live entry counts (see `loopswap_common::live`), shared by all CPUs.
+#[map]
+static LIVE: Array<u64> = Array::with_max_entries(live::COUNT, 0);
+
+/// Adds `delta` (wrapping: -1 as `u64::MAX`) to a live count with one
+/// atomic add (the BPF target has no `AtomicU64::fetch_add`).
+#[inline(always)]
+fn live_add(slot: u32, delta: u64) {
+    if let Some(count) = LIVE.get_ptr_mut(slot) {
+        // SAFETY: an 8-byte aligned map value that lives as long as the map;
+        // every writer uses atomic adds.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                count, delta,
+            )
+        };
+    }
+}
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
@@ -191,8 +212,11 @@ pub fn lsw_enter(ctx: ProbeContext) -> u32 {
         entered_ns,
     };
     // Insert first: the thread is rarely inside this function already, and
-    // one hash operation is cheaper than a lookup then an insert.
+    // one hash operation is cheaper than a lookup then an insert. Counted
+    // live before it can be seen, uncounted if it was not added.
+    live_add(live::INFLIGHT, 1);
     if INFLIGHT.insert(key, value, BPF_NOEXIST as u64).is_err() {
+        live_add(live::INFLIGHT, u64::MAX);
         match INFLIGHT.get_ptr_mut(key) {
             // A nested frame: its outermost frame keeps its entry time.
             // SAFETY: only this thread writes its own key (see InflightKey).
@@ -219,7 +243,10 @@ pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
             let (depth, instance, entered_ns) =
                 unsafe { ((*value).depth, (*value).instance, (*value).entered_ns) };
             if depth <= 1 {
-                let _ = INFLIGHT.remove(key);
+                // Uncounted once it cannot be seen.
+                if INFLIGHT.remove(key).is_ok() {
+                    live_add(live::INFLIGHT, u64::MAX);
+                }
                 if entered_ns != 0 {
                     // SAFETY: helper without arguments.
                     let now = unsafe { bpf_ktime_get_ns() };
@@ -444,7 +471,9 @@ pub fn lsw_switch(ctx: RawTracePointContext) -> i32 {
     // the buffer may hide a frame of the module: it counts as inside.
     let flags = unsafe { stack_flags(stack, bytes, true) };
     if flags == 0 {
-        let _ = SWITCHED_INSIDE.remove(tid);
+        if SWITCHED_INSIDE.remove(tid).is_ok() {
+            live_add(live::SWITCHED, u64::MAX);
+        }
         return 0;
     }
     // Updated in place when present: re-inserting would move the entry in
@@ -463,7 +492,9 @@ pub fn lsw_switch(ctx: RawTracePointContext) -> i32 {
     // Counted before the insert: a reader that finds the count unchanged
     // after its walk knows no entry was added since it began.
     bump(&EVENTS, event::SWITCH_INSERTS);
+    live_add(live::SWITCHED, 1);
     if SWITCHED_INSIDE.insert(tid, record, BPF_NOEXIST as u64).is_err() {
+        live_add(live::SWITCHED, u64::MAX);
         bump(&EVENTS, event::SWITCH_LOST);
     }
     0

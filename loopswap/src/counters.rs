@@ -23,7 +23,7 @@ use loopswap_common::{
     MAX_TIMED_INSTANCES, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET,
     SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET,
     SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE, SCAN_WATCH_SWITCHES,
-    SWITCH_MAX_FRAMES, ScanRecord, TICK_FUNCTION, TimeHistogram, event,
+    SWITCH_MAX_FRAMES, ScanRecord, TICK_FUNCTION, TimeHistogram, event, live,
 };
 
 use crate::{
@@ -83,6 +83,9 @@ pub struct ModuleWatch {
     left: Option<aya::maps::RingBuf<MapData>>,
     calls: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
+    /// Live entry counts of `INFLIGHT` and `SWITCHED_INSIDE` (see
+    /// `loopswap_common::live`).
+    live: aya::maps::Array<MapData, u64>,
     counter_config: aya::maps::Array<MapData, u64>,
     time_by_function: PerCpuArray<MapData, TimeHistogram>,
     time_by_instance: PerCpuHashMap<MapData, u32, TimeHistogram>,
@@ -136,6 +139,9 @@ pub struct StackCheck {
 /// The map `lsw_switch` fills while a swap watches context switches.
 struct SwitchMaps {
     inside: BpfHashMap<MapData, u32, ScanRecord>,
+    /// Entries this process removed from `inside`: the switch program's
+    /// live count does not know of them.
+    removed_here: u64,
 }
 
 /// The tasks the full scan before a swap's gate found inside or could not
@@ -313,6 +319,7 @@ impl ModuleWatch {
             left: Some(aya::maps::RingBuf::try_from(take_map(&mut ebpf, "LEFT")?)?),
             calls: PerCpuArray::try_from(take_map(&mut ebpf, "CALLS")?)?,
             events: PerCpuArray::try_from(take_map(&mut ebpf, "EVENTS")?)?,
+            live: aya::maps::Array::try_from(take_map(&mut ebpf, "LIVE")?)?,
             time_by_function: PerCpuArray::try_from(take_map(&mut ebpf, "TIME_BY_FUNCTION")?)?,
             time_by_instance: PerCpuHashMap::try_from(take_map(&mut ebpf, "TIME_BY_INSTANCE")?)?,
             armed_ns: 0,
@@ -540,7 +547,9 @@ impl ModuleWatch {
         let stale: Vec<u32> = switches.inside.keys().filter_map(Result::ok).collect();
         for tid in stale {
             match switches.inside.remove(&tid) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                // Removed here, not by the program (which counts its own).
+                Ok(()) => switches.removed_here += 1,
+                Err(MapError::KeyNotFound) => {}
                 Err(err) => return Err(err.into()),
             }
         }
@@ -554,8 +563,13 @@ impl ModuleWatch {
                 return Err(err);
             }
         };
+        // A task the scan could not unwind was on a CPU: from then on, each
+        // time it stops running the switch program reads its stack and
+        // notes it if it is inside, so it needs no read of its own (a read
+        // while it still runs would show nothing either).
+        let _ = unreadable;
         self.narrow_check = Some(NarrowCheck {
-            tasks: inside.into_iter().chain(unreadable).collect(),
+            tasks: inside,
             misses,
             lost,
         });
@@ -594,6 +608,7 @@ impl ModuleWatch {
         }
         let maps = SwitchMaps {
             inside: BpfHashMap::try_from(take_map(&mut self.ebpf, "SWITCHED_INSIDE")?)?,
+            removed_here: 0,
         };
         let program: &mut aya::programs::RawTracePoint = self
             .ebpf
@@ -616,8 +631,8 @@ impl ModuleWatch {
         recursion_misses(program.fd()?.as_fd())
     }
 
-    /// The narrow check's tasks: what the scan before the gate found and
-    /// the tasks noted since, all as tasks to read once (see
+    /// The narrow check's tasks: what the scan before the gate found inside
+    /// and the tasks noted since, all as tasks to read once (see
     /// `confirmed_by_stacks`); `None` (scan every task) outside a swap, if
     /// the switch program skipped a run or lost a record since that scan,
     /// or if tasks kept being added while the map was read.
@@ -625,6 +640,18 @@ impl ModuleWatch {
         let (Some(check), Some(switches)) = (&self.narrow_check, &self.switches) else {
             return Ok(None);
         };
+        let complete = || -> Result<bool, Error> {
+            Ok(self.switch_misses()? == check.misses
+                && Self::sum_per_cpu(&self.events, event::SWITCH_LOST)? == check.lost)
+        };
+        // Nothing noted now (the count is never below the entries): no walk.
+        let noted = self
+            .live
+            .get(&live::SWITCHED, 0)?
+            .wrapping_sub(switches.removed_here);
+        if noted == 0 {
+            return Ok(complete()?.then(|| (Vec::new(), check.tasks.clone())));
+        }
         for _ in 0..NARROW_READ_ATTEMPTS {
             let inserts = Self::sum_per_cpu(&self.events, event::SWITCH_INSERTS)?;
             let mut tasks: BTreeSet<TaskId> = check.tasks.iter().copied().collect();
@@ -642,9 +669,7 @@ impl ModuleWatch {
             // Read after the map: a run skipped, a record lost or a task
             // added while it was read counts too (entries are updated in
             // place, so one added is the only one a walk can miss).
-            if self.switch_misses()? != check.misses
-                || Self::sum_per_cpu(&self.events, event::SWITCH_LOST)? != check.lost
-            {
+            if !complete()? {
                 return Ok(None);
             }
             if Self::sum_per_cpu(&self.events, event::SWITCH_INSERTS)? == inserts {
@@ -979,9 +1004,10 @@ impl ModuleWatch {
         // the module, it holds nothing the counters miss (the probes' view
         // stands, as for any running thread); only a stack that shows a
         // frame of the module is compared with the counters. The narrow
-        // check's tasks are all read this way: each was inside, or
-        // unreadable, when last seen, and whether it is on a CPU now is
-        // what this read tells, as a scan now would.
+        // check's tasks are all read this way: each was inside (or, noted
+        // by the switch program, could not be unwound) when last seen, and
+        // whether it is on a CPU now is what this read tells, as a scan
+        // now would.
         if let Some(check) = &mut self.last_stack_check {
             check.tasks_read = inside.len() + unreadable.len();
         }
@@ -1231,7 +1257,13 @@ impl ModuleWatch {
     /// and missed events.
     pub fn quiescence(&mut self, instance: u32) -> Result<(u64, u64), Error> {
         self.refresh_seeded();
-        let (per_instance, unattributed) = self.attribute(&self.tracked_entries()?);
+        // No entry at all (the count is never below the entries): no walk.
+        let entries = if self.live.get(&live::INFLIGHT, 0)? == 0 {
+            Vec::new()
+        } else {
+            self.tracked_entries()?
+        };
+        let (per_instance, unattributed) = self.attribute(&entries);
         Ok((
             unattributed + per_instance.get(&instance).copied().unwrap_or(0),
             self.missed()?,

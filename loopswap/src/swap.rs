@@ -714,6 +714,9 @@ async fn swap_one(
         return Ok(report);
     }
 
+    // Threads whose stacks could not be read at attach (they were on a
+    // CPU) are read again now, not while the gate is closed.
+    watch.settle(PRE_GATE_SETTLE);
     // The full stack scan, before the gate closes: the check inside the
     // blackout then reads only the tasks that ran since.
     if let Err(err) = watch.begin_stack_check() {
@@ -831,6 +834,10 @@ async fn swap_one(
     }
     Ok(report)
 }
+
+/// How long a swap retries, before its gate closes, the stacks that could
+/// not be read at attach; what is still unread is retried in the wait.
+const PRE_GATE_SETTLE: Duration = Duration::from_millis(100);
 
 fn interrupted() -> String {
     "interrupted by SIGINT or SIGTERM".into()

@@ -139,9 +139,49 @@ pub struct StackCheck {
 /// The map `lsw_switch` fills while a swap watches context switches.
 struct SwitchMaps {
     inside: BpfHashMap<MapData, u32, ScanRecord>,
-    /// Entries this process removed from `inside`: the switch program's
-    /// live count does not know of them.
+    /// Entries this process removed from `inside`, and entries it added:
+    /// the switch program's live count does not know of them.
     removed_here: u64,
+    added_here: u64,
+}
+
+impl SwitchMaps {
+    /// Adds the tasks a scan found inside, as if each had just stopped
+    /// running inside: the switch program removes a task the next time it
+    /// stops running clean, so a task that has left the module since needs
+    /// no read. Returns the tasks that could not be added (the map is full),
+    /// which are read whatever happens.
+    fn note_inside(&mut self, tasks: Vec<TaskId>) -> Vec<TaskId> {
+        let mut not_added = Vec::new();
+        for (pid, tid) in tasks {
+            let record = ScanRecord {
+                tid: tid as u32,
+                pid: pid as u32,
+                flags: SCAN_IN_MODULE,
+                pad: 0,
+            };
+            // Counted before the insert, as the program counts its own.
+            self.added_here += 1;
+            if let Err(err) = self.inside.insert(tid as u32, record, BPF_NOEXIST) {
+                self.added_here -= 1;
+                // Present already: the program noted it inside meanwhile.
+                let present = matches!(&err, MapError::SyscallError(call)
+                    if call.io_error.raw_os_error() == Some(libc::EEXIST));
+                if !present {
+                    not_added.push((pid, tid));
+                }
+            }
+        }
+        not_added
+    }
+
+    /// At least the number of entries now (0: none).
+    fn noted(&self, live: &aya::maps::Array<MapData, u64>) -> Result<u64, Error> {
+        Ok(live
+            .get(&live::SWITCHED, 0)?
+            .wrapping_add(self.added_here)
+            .wrapping_sub(self.removed_here))
+    }
 }
 
 /// The tasks the full scan before a swap's gate found inside or could not
@@ -155,6 +195,9 @@ struct NarrowCheck {
 }
 
 const SWITCH_PROGRAM: &str = "lsw_switch";
+
+/// `BPF_NOEXIST`: add a map entry only if its key is not there.
+const BPF_NOEXIST: u64 = 1;
 
 /// Reads of the switch program's map before the narrow check gives up for
 /// a full scan (each read again because tasks were added meanwhile).
@@ -523,12 +566,13 @@ impl ModuleWatch {
 
     /// Before a swap closes its gate: from now on the switch program notes
     /// every task that stops running with a frame of the module on its
-    /// stack, then one full scan reads every task. Until `end_stack_check`,
-    /// a task not running now that is in neither has the stack that scan
-    /// read, so the stack check reads only
-    /// those tasks, however many tasks the system has. Without the task
-    /// iterator, or if the switch program cannot be attached, nothing
-    /// changes: every check scans every task.
+    /// stack (and forgets one that stops clean), then one full scan reads
+    /// every task, and the tasks it found inside are noted too. Until
+    /// `end_stack_check`, a task not running now that is not noted has a
+    /// clean stack, so the stack check reads only the noted tasks, however
+    /// many tasks the system has. Without the task iterator, or if the
+    /// switch program cannot be attached, nothing changes: every check
+    /// scans every task.
     pub fn begin_stack_check(&mut self) -> Result<(), Error> {
         self.end_stack_check()?;
         if self.task_scan.is_none() {
@@ -568,8 +612,12 @@ impl ModuleWatch {
         // notes it if it is inside, so it needs no read of its own (a read
         // while it still runs would show nothing either).
         let _ = unreadable;
+        let not_added = match &mut self.switches {
+            Some(switches) => switches.note_inside(inside),
+            None => inside,
+        };
         self.narrow_check = Some(NarrowCheck {
-            tasks: inside,
+            tasks: not_added,
             misses,
             lost,
         });
@@ -609,6 +657,7 @@ impl ModuleWatch {
         let maps = SwitchMaps {
             inside: BpfHashMap::try_from(take_map(&mut self.ebpf, "SWITCHED_INSIDE")?)?,
             removed_here: 0,
+            added_here: 0,
         };
         let program: &mut aya::programs::RawTracePoint = self
             .ebpf
@@ -645,10 +694,7 @@ impl ModuleWatch {
                 && Self::sum_per_cpu(&self.events, event::SWITCH_LOST)? == check.lost)
         };
         // Nothing noted now (the count is never below the entries): no walk.
-        let noted = self
-            .live
-            .get(&live::SWITCHED, 0)?
-            .wrapping_sub(switches.removed_here);
+        let noted = switches.noted(&self.live)?;
         if noted == 0 {
             return Ok(complete()?.then(|| (Vec::new(), check.tasks.clone())));
         }

@@ -160,15 +160,18 @@ pub mod event {
 }
 
 /// Slots of the `LIVE` array: counts of map entries that the programs keep
-/// with atomic adds, one before each insert and one after each delete, so
-/// that a count read as 0 proves the map held no entry at that instant
-/// (the walk that would tell, a syscall per entry after a scan of every
-/// bucket, is then skipped).
+/// with atomic adds, one before each insert they make and one after each
+/// delete they make (and after a failed insert), so that the count is never
+/// below the entries: with the entries userspace added and removed itself
+/// accounted for, a count read as 0 proves the map held no entry at that
+/// instant (the walk that would tell, a syscall per entry after a scan of
+/// every bucket, is then skipped).
 pub mod live {
-    /// Entries of `INFLIGHT`.
+    /// Entries of `INFLIGHT` (only the probes change that map).
     pub const INFLIGHT: u32 = 0;
     /// Entries the switch program added to `SWITCHED_INSIDE`, less those
-    /// it removed (userspace subtracts the ones it removed itself).
+    /// it removed; userspace adds the ones it added and subtracts the ones
+    /// it removed (modulo 2^64: the raw slot may read "negative").
     pub const SWITCHED: u32 = 1;
     /// Number of slots.
     pub const COUNT: u32 = 2;

@@ -216,7 +216,6 @@ pub fn lsw_enter(ctx: ProbeContext) -> u32 {
     // live before it can be seen, uncounted if it was not added.
     live_add(live::INFLIGHT, 1);
     if INFLIGHT.insert(key, value, BPF_NOEXIST as u64).is_err() {
-        live_add(live::INFLIGHT, u64::MAX);
         match INFLIGHT.get_ptr_mut(key) {
             // A nested frame: its outermost frame keeps its entry time.
             // SAFETY: only this thread writes its own key (see InflightKey).
@@ -228,6 +227,9 @@ pub fn lsw_enter(ctx: ProbeContext) -> u32 {
             },
             None => bump(&EVENTS, event::INFLIGHT_MAP_FULL),
         }
+        // After the miss is counted: a reader that sees the count back
+        // down sees the miss too.
+        live_add(live::INFLIGHT, u64::MAX);
     }
     0
 }
@@ -494,8 +496,10 @@ pub fn lsw_switch(ctx: RawTracePointContext) -> i32 {
     bump(&EVENTS, event::SWITCH_INSERTS);
     live_add(live::SWITCHED, 1);
     if SWITCHED_INSIDE.insert(tid, record, BPF_NOEXIST as u64).is_err() {
-        live_add(live::SWITCHED, u64::MAX);
+        // Lost counted first: a reader that sees the count back down sees
+        // the loss too.
         bump(&EVENTS, event::SWITCH_LOST);
+        live_add(live::SWITCHED, u64::MAX);
     }
     0
 }

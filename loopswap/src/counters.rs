@@ -125,9 +125,10 @@ pub struct ModuleWatch {
 /// How a stack check chose the tasks it read, and how many it read.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StackCheck {
-    /// `"switched"`: the tasks the scan before the gate closed found inside
-    /// or could not unwind, and the tasks that stopped running since with a
-    /// frame of the module or an unreadable stack; `"all"`: every task
+    /// `"switched"`: the tasks noted by the switch program (those the scan
+    /// before the gate closed found inside or could not unwind, and those
+    /// that stopped running since with a frame of the module or an
+    /// unreadable stack, less those that stopped clean since); `"all"`: every task
     /// (outside a swap, without the switch program, or when it skipped a
     /// run, lost a record or its map could not be read whole).
     pub scope: &'static str,
@@ -146,11 +147,11 @@ struct SwitchMaps {
 }
 
 impl SwitchMaps {
-    /// Adds the tasks a scan found inside, as if each had just stopped
-    /// running inside: the switch program removes a task the next time it
-    /// stops running clean, so a task that has left the module since needs
-    /// no read. Returns the tasks that could not be added (the map is full),
-    /// which are read whatever happens.
+    /// Adds the tasks a scan found inside or could not unwind, as if each
+    /// had just stopped running inside: the switch program removes a task
+    /// the next time it stops running clean, so a task that has left the
+    /// module since needs no read. Returns the tasks that could not be added
+    /// (the map is full), which are read whatever happens.
     fn note_inside(&mut self, tasks: Vec<TaskId>) -> Vec<TaskId> {
         let mut not_added = Vec::new();
         for (pid, tid) in tasks {
@@ -185,7 +186,8 @@ impl SwitchMaps {
 }
 
 /// The tasks the full scan before a swap's gate found inside or could not
-/// unwind, and the switch program's skipped runs and lost records then:
+/// unwind that could not be noted in the switch program's map (so are read
+/// whatever happens), and the program's skipped runs and lost records then:
 /// any more since, and the narrow check is not complete (a full scan
 /// replaces it).
 struct NarrowCheck {
@@ -567,7 +569,8 @@ impl ModuleWatch {
     /// Before a swap closes its gate: from now on the switch program notes
     /// every task that stops running with a frame of the module on its
     /// stack (and forgets one that stops clean), then one full scan reads
-    /// every task, and the tasks it found inside are noted too. Until
+    /// every task, and the tasks it found inside or could not unwind are
+    /// noted too. Until
     /// `end_stack_check`, a task not running now that is not noted has a
     /// clean stack, so the stack check reads only the noted tasks, however
     /// many tasks the system has. Without the task iterator, or if the
@@ -607,14 +610,14 @@ impl ModuleWatch {
                 return Err(err);
             }
         };
-        // A task the scan could not unwind was on a CPU: from then on, each
-        // time it stops running the switch program reads its stack and
-        // notes it if it is inside, so it needs no read of its own (a read
-        // while it still runs would show nothing either).
-        let _ = unreadable;
+        // A task the scan could not unwind is noted too: it may have been
+        // between a switch the program ran before the flag was on and the
+        // end of that switch, and so asleep, inside, without a note. One
+        // that stops running clean from now on is forgotten.
+        let tasks: Vec<TaskId> = inside.into_iter().chain(unreadable).collect();
         let not_added = match &mut self.switches {
-            Some(switches) => switches.note_inside(inside),
-            None => inside,
+            Some(switches) => switches.note_inside(tasks),
+            None => tasks,
         };
         self.narrow_check = Some(NarrowCheck {
             tasks: not_added,
@@ -680,8 +683,9 @@ impl ModuleWatch {
         recursion_misses(program.fd()?.as_fd())
     }
 
-    /// The narrow check's tasks: what the scan before the gate found inside
-    /// and the tasks noted since, all as tasks to read once (see
+    /// The narrow check's tasks: those noted in the switch program's map
+    /// (see `begin_stack_check`) and those that could not be, all as tasks
+    /// to read once (see
     /// `confirmed_by_stacks`); `None` (scan every task) outside a swap, if
     /// the switch program skipped a run or lost a record since that scan,
     /// or if tasks kept being added while the map was read.
@@ -1050,10 +1054,9 @@ impl ModuleWatch {
         // the module, it holds nothing the counters miss (the probes' view
         // stands, as for any running thread); only a stack that shows a
         // frame of the module is compared with the counters. The narrow
-        // check's tasks are all read this way: each was inside (or, noted
-        // by the switch program, could not be unwound) when last seen, and
-        // whether it is on a CPU now is what this read tells, as a scan
-        // now would.
+        // check's tasks are all read this way: each was inside, or could
+        // not be unwound, when last seen, and whether it is on a CPU now is
+        // what this read tells, as a scan now would.
         if let Some(check) = &mut self.last_stack_check {
             check.tasks_read = inside.len() + unreadable.len();
         }

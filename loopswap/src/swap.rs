@@ -717,6 +717,10 @@ async fn swap_one(
     // Threads whose stacks could not be read at attach (they were on a
     // CPU) are read again now, not while the gate is closed.
     watch.settle(PRE_GATE_SETTLE);
+    if cancelled() {
+        report.error = Some("interrupted before the gate closed".into());
+        return Ok(report);
+    }
     // The full stack scan, before the gate closes: the check inside the
     // blackout then reads only the tasks that ran since.
     if let Err(err) = watch.begin_stack_check() {

@@ -10,8 +10,8 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
     bindings::task_struct,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_func_ip, bpf_get_stack, bpf_get_task_stack, bpf_seq_write},
@@ -32,8 +32,14 @@ use loopswap_common::{
 };
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
+/// Hash maps that only userspace, a scan or the switch program fill are
+/// allocated as they fill (`BPF_F_NO_PREALLOC`): preallocated, these four
+/// held about 7 MB of kernel memory for every watch, used or not. A failed
+/// insert is safe in each (see where each is written). The in-flight map,
+/// written on every call, stays preallocated.
 #[map]
-static FUNC_BY_ADDR: HashMap<u64, FunctionInfo> = HashMap::with_max_entries(2 * MAX_FUNCTIONS, 0);
+static FUNC_BY_ADDR: HashMap<u64, FunctionInfo> =
+    HashMap::with_max_entries(2 * MAX_FUNCTIONS, BPF_F_NO_PREALLOC);
 /// The same, by 16-byte slot of the module's text from
 /// `COUNTER_CONFIG[CONFIG_SLOT_BASE]`: an array lookup instead of a hash
 /// (userspace sizes it to the module's text at load).
@@ -271,7 +277,7 @@ pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
 /// added by userspace with 0; set to 1 once a timer tick finds the thread
 /// in user mode, where it holds no kernel frame at all.
 #[map]
-static USER_TICKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNREAD_THREADS, 0);
+static USER_TICKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNREAD_THREADS, BPF_F_NO_PREALLOC);
 
 /// On `account_process_tick(p, user_tick)`, run by every timer tick in the
 /// interrupted thread's context.
@@ -297,7 +303,7 @@ static SCAN_CONFIG: Array<u64> = Array::with_max_entries(SCAN_CONFIG_SLOTS, 0);
 /// by a scan → [their context-switch count then, their start time] (the
 /// start time tells a task from a later one that reuses its id).
 #[map]
-static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_CLEAN, 0);
+static SCAN_CLEAN: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(SCAN_MAX_CLEAN, BPF_F_NO_PREALLOC);
 
 /// One task's kernel stack, as `bpf_get_task_stack` writes it.
 #[map]
@@ -443,7 +449,8 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
 /// closed, these are every task not on a CPU whose stack may hold a frame
 /// of the module.
 #[map]
-static SWITCHED_INSIDE: HashMap<u32, ScanRecord> = HashMap::with_max_entries(SWITCH_MAX_INSIDE, 0);
+static SWITCHED_INSIDE: HashMap<u32, ScanRecord> =
+    HashMap::with_max_entries(SWITCH_MAX_INSIDE, BPF_F_NO_PREALLOC);
 
 /// The switched-out task's kernel stack, as `bpf_get_stack` writes it.
 #[map]

@@ -1340,7 +1340,7 @@ impl ModuleWatch {
     /// kretprobe returns past `maxactive`), programs skipped because another
     /// BPF program was running on the CPU, and map-full / unknown-address
     /// events of our own.
-    fn missed(&self) -> Result<u64, Error> {
+    pub fn missed(&self) -> Result<u64, Error> {
         let mut probe_misses = 0;
         let mut recursion = 0;
         // The tracefs fallback: its probes' misses, and its programs'.

@@ -122,7 +122,7 @@ pub struct InstanceReport {
 }
 
 /// Attempts per instance when probe misses make quiescence unprovable.
-const MISS_ATTEMPTS: u32 = 3;
+const MISS_ATTEMPTS: u32 = 4;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SwapReport {
@@ -725,6 +725,19 @@ async fn swap_one(
     // blackout then reads only the tasks that ran since.
     if let Err(err) = watch.begin_stack_check() {
         report.error = Some(format!("refused before the gate closed: {err}"));
+        return Ok(report);
+    }
+    // A miss since attach makes quiescence unprovable whatever happens
+    // next: found now, the retry with fresh counters costs no blackout.
+    let missed = watch.missed()?;
+    if missed > 0 {
+        report.unprovable = true;
+        report.error = Some(format!(
+            "refused before the gate closed: {missed} probe events were missed ({}): quiescence \
+             cannot be proven",
+            watch.describe_missed()
+        ));
+        let _ = watch.end_stack_check();
         return Ok(report);
     }
 

@@ -232,8 +232,7 @@ round() {
     if [ $fault = remove ]; then
         # A new device may take the removed one's free id: after reading.
         scratch=$((scratch + 1)); add scratch$scratch 4
-        scratchdev=$(tail -n 1 /sys/kernel/lswloop/devices | cut -d' ' -f1)
-        case $scratchdev in lswloop[0-9]*) ;; *) echo "ROUND-FAIL n=$n the new device's name reads as '$scratchdev'" ;; esac
+        scratch_device
     fi
     echo "ROUND n=$n dev=$dev fault=$fault param=$param from=$from to=$to rc=$rc after=${after:-gone} $(facts)"
     i=0; while [ $i -lt $DEVICES ]; do
@@ -248,7 +247,16 @@ facts() {
         "blackout_us=$(grep -o '"blackout_us":[0-9]*' /tmp/out 2>/dev/null | head -n 1 | cut -d: -f2)" \
         "says=$(tail -n 1 /tmp/err 2>/dev/null | tr ' =' '_:' | cut -c1-160)"
 }
-scratchdev=$(tail -n 1 /sys/kernel/lswloop/devices | cut -d' ' -f1)
+# The device backed by the newest scratch file, by its backing file's name
+# (a new device may take a removed one's free id, anywhere in the list).
+scratch_device() {
+    scratchdev=$(grep " backing=scratch$scratch.img " /sys/kernel/lswloop/devices | cut -d' ' -f1)
+    case $scratchdev in lswloop[0-9]*) ;; *)
+        echo "ROUND-FAIL the device of scratch$scratch.img reads as '$scratchdev'"
+        cat /sys/kernel/lswloop/devices ;;
+    esac
+}
+scratch_device
 set +e
 "#;
 

@@ -209,7 +209,7 @@ static ssize_t remove_store(struct kobject *kobj, struct kobj_attribute *attr,
 #define DEVICE_LINE_MAX 512
 
 /* Listings kept for readers that have not yet read to the end. */
-#define LISTINGS_KEPT 32
+#define LISTINGS_KEPT 64
 
 /*
  * sysfs calls a binary attribute's read() once per read(2), at the file's
@@ -217,15 +217,17 @@ static ssize_t remove_store(struct kobject *kobj, struct kobj_attribute *attr,
  * whenever a line changes length between two of its reads (a counter gains
  * a digit, a device comes or goes): text would be cut or repeated. So the
  * listing built at offset 0 is kept for that open file and every later
- * read is served from it, until the file reads past its end. sysfs gives a
- * binary attribute no release(), so a reader that stops early leaves its
- * listing behind: at most LISTINGS_KEPT are kept, the least recently read
- * going first.
+ * read is served from it. Once the file has read past the end only the
+ * length is kept: readers such as busybox tail read again at the end after
+ * a 0, and must get 0 again, not the tail of a longer listing. sysfs gives
+ * a binary attribute no release(), so at most LISTINGS_KEPT are kept, the
+ * least recently read going first; a reader whose listing was dropped (more
+ * readers than that between two of its reads) gets a new one.
  */
 struct listing {
 	struct list_head node;
 	const struct file *file;
-	char *text;
+	char *text;		/* NULL once read past the end */
 	size_t len;
 };
 
@@ -335,16 +337,20 @@ static ssize_t devices_read(struct file *file, struct kobject *kobj,
 		return -EINTR;
 	noio = memalloc_noio_save();
 	l = listing_for(file, off);
-	memalloc_noio_restore(noio);
+	/* Back inside a listing already read to the end: a new one. */
+	if (l && !l->text && off < l->len)
+		l = listing_for(file, 0);
 	if (!l) {
 		ret = -ENOMEM;
 	} else if (off < l->len) {
 		ret = min_t(size_t, count, l->len - off);
 		memcpy(buf, l->text + off, ret);
 	} else {
-		/* Read to the end: the file's next read starts over. */
-		listing_free(l);
+		/* Read to the end: the text goes, its end stays. */
+		kvfree(l->text);
+		l->text = NULL;
 	}
+	memalloc_noio_restore(noio);
 	mutex_unlock(&listings_lock);
 	return ret;
 }
@@ -403,9 +409,11 @@ static void __exit lswloop_exit(void)
 	struct lswloop_device *dev, *tmp;
 	struct listing *l, *next;
 
-	kobject_put(lswloop_kobj);
+	/* No read runs or starts once the files are gone. */
+	kobject_del(lswloop_kobj);
 	list_for_each_entry_safe(l, next, &listings, node)
 		listing_free(l);
+	kobject_put(lswloop_kobj);
 	list_for_each_entry_safe(dev, tmp, &devices, node) {
 		list_del(&dev->node);
 		lswloop_remove(dev);

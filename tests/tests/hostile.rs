@@ -245,6 +245,14 @@ echo lswloop0 > /sys/kernel/lswloop/remove
 cat <&3 >> /tmp/one
 exec 3<&-
 echo '== one-listing'; cmp /tmp/whole /tmp/one && echo same
+# Read to the end, a file reads 0 again there (busybox tail does), even if
+# the listing has grown meanwhile.
+exec 3< /sys/kernel/lswloop/devices
+cat <&3 > /dev/null
+add grown 1
+echo '== past-the-end'; cat <&3 | wc -c
+exec 3<&-
+echo lswloop0 > /sys/kernel/lswloop/remove
 echo '== after-remove'; wc -l < /sys/kernel/lswloop/devices
 add disk0 1
 dd if=/sys/kernel/lswloop/devices bs=7 2>/dev/null > /tmp/small
@@ -268,6 +276,7 @@ echo '== end'
     // Built afresh for each read, the listing shifted under a reader when a
     // line changed length between its reads: lines were cut or repeated.
     assert_eq!(section(out, "one-listing"), ["same"], "{out}");
+    assert_eq!(section(out, "past-the-end"), ["0"], "{out}");
     assert_eq!(section(out, "after-remove"), ["999"], "{out}");
     assert_eq!(section(out, "small-reads"), ["same"], "{out}");
     assert_eq!(section(out, "status-count"), ["1000"], "{out}");

@@ -31,12 +31,14 @@ use loopswap_common::{
     TimeHistogram, event, live, time_bucket,
 };
 
+// Hash maps that only userspace, a scan or the switch program fill
+// (FUNC_BY_ADDR, USER_TICKS, SCAN_CLEAN, SWITCHED_INSIDE) are allocated as
+// they fill (`BPF_F_NO_PREALLOC`): preallocated, these four held about 7 MB
+// of kernel memory for every watch, used or not. A failed insert is safe in
+// each (see where each is written). The in-flight map, written on every
+// call, stays preallocated.
+
 /// Function entry address (and entry+4 past an ENDBR) → function index.
-/// Hash maps that only userspace, a scan or the switch program fill are
-/// allocated as they fill (`BPF_F_NO_PREALLOC`): preallocated, these four
-/// held about 7 MB of kernel memory for every watch, used or not. A failed
-/// insert is safe in each (see where each is written). The in-flight map,
-/// written on every call, stays preallocated.
 #[map]
 static FUNC_BY_ADDR: HashMap<u64, FunctionInfo> =
     HashMap::with_max_entries(2 * MAX_FUNCTIONS, BPF_F_NO_PREALLOC);

@@ -161,16 +161,12 @@ impl SwitchMaps {
                 flags: SCAN_IN_MODULE,
                 pad: 0,
             };
-            // Counted before the insert, as the program counts its own.
-            self.added_here += 1;
-            if let Err(err) = self.inside.insert(tid as u32, record, BPF_NOEXIST) {
-                self.added_here -= 1;
+            match self.inside.insert(tid as u32, record, BPF_NOEXIST) {
+                // Counted here: only this thread reads the count, later.
+                Ok(()) => self.added_here += 1,
                 // Present already: the program noted it inside meanwhile.
-                let present = matches!(&err, MapError::SyscallError(call)
-                    if call.io_error.raw_os_error() == Some(libc::EEXIST));
-                if !present {
-                    not_added.push((pid, tid));
-                }
+                Err(MapError::SyscallError(call)) if call.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(_) => not_added.push((pid, tid)),
             }
         }
         not_added

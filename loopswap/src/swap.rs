@@ -733,9 +733,8 @@ async fn swap_one(
     if missed > 0 {
         report.unprovable = true;
         report.error = Some(format!(
-            "refused before the gate closed: {missed} probe events were missed ({}): quiescence \
-             cannot be proven",
-            watch.describe_missed()
+            "refused before the gate closed: {}",
+            missed_reason(missed, watch)
         ));
         let _ = watch.end_stack_check();
         return Ok(report);
@@ -806,10 +805,7 @@ async fn swap_one(
             }
             Err(NotQuiescent::Missed(missed)) => {
                 report.unprovable = true;
-                return Err(format!(
-                    "{missed} probe events were missed ({}): quiescence cannot be proven",
-                    watch.describe_missed()
-                ));
+                return Err(missed_reason(missed, watch));
             }
             Err(NotQuiescent::Cancelled) => return Err(interrupted()),
             Err(NotQuiescent::Failed(err)) => return Err(err.to_string()),
@@ -855,6 +851,14 @@ async fn swap_one(
 /// How long a swap retries, before its gate closes, the stacks that could
 /// not be read at attach; what is still unread is retried in the wait.
 const PRE_GATE_SETTLE: Duration = Duration::from_millis(100);
+
+/// Why a swap with missed probe events cannot go on, naming the misses.
+fn missed_reason(missed: u64, watch: &ModuleWatch) -> String {
+    format!(
+        "{missed} probe events were missed ({}): quiescence cannot be proven",
+        watch.describe_missed()
+    )
+}
 
 fn interrupted() -> String {
     "interrupted by SIGINT or SIGTERM".into()

@@ -8,15 +8,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::AsFd as _,
     path::PathBuf,
 };
 
-use aya::{
-    Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::KProbe,
-};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use loopswap_common::{
     CONFIG_NOTIFY_LEFT, CONFIG_SLOT_BASE, CONFIG_TIME_IN_FLIGHT, FUNCTION_INSTANCE_ENTRY, FUNCTION_KNOWN,
     FUNCTION_SLOT_SHIFT, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTION_SLOTS, MAX_FUNCTIONS,
@@ -30,7 +26,7 @@ use crate::{
     Error,
     kallsyms::{self, Function, Scope},
     module,
-    raw_bpf::{self, MultiLink, TaskIterator},
+    raw_bpf::{self, KprobeLink, LoadAs, LoadedObject, MultiLink, Programs, RawTracepointLink, TaskIterator},
     snapshot::{FunctionCount, InstanceCount, Snapshot},
     stacks::{self, Stack, TaskId},
     time_in_flight::{self, Estimate, TimeSummary},
@@ -69,8 +65,12 @@ pub struct ModuleWatch {
     // Field order is drop order: probes go before the programs they run.
     /// The entry and return links, when kprobe.multi is available.
     links: Vec<MultiLink>,
-    /// Otherwise one tracefs kprobe event per function and direction.
+    /// Otherwise one tracefs kprobe event per function and direction...
     probes: Vec<AttachedProbe>,
+    /// ...running these programs (entry, return).
+    probe_programs: Vec<std::os::fd::OwnedFd>,
+    /// The tick program (see `attach_tick`).
+    tick: Option<KprobeLink>,
     module: String,
     functions: Vec<Function>,
     /// Functions the kernel refused a probe on: not counted.
@@ -119,7 +119,9 @@ pub struct ModuleWatch {
     narrow_check: Option<NarrowCheck>,
     /// How the last stack check went.
     last_stack_check: Option<StackCheck>,
-    ebpf: Ebpf,
+    /// The maps no field holds yet.
+    object: LoadedObject,
+    programs: std::sync::Arc<Programs>,
 }
 
 /// How a stack check chose the tasks it read, and how many it read.
@@ -144,6 +146,8 @@ struct SwitchMaps {
     /// the switch program's live count does not know of them.
     removed_here: u64,
     added_here: u64,
+    /// The switch program, attached.
+    link: RawTracepointLink,
 }
 
 impl SwitchMaps {
@@ -210,6 +214,10 @@ const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
 /// The task iterator that finds tasks inside the module.
 const SCAN_PROGRAM: &str = "lsw_scan_tasks";
 
+/// The maps sized for the module's functions: a time histogram per
+/// function, and the table from text slot to function.
+const SIZED_BY_FUNCTIONS: [&str; 2] = ["TIME_BY_FUNCTION", "FUNC_BY_SLOT"];
+
 /// Most kernel memory the per-function time-in-flight histograms may take
 /// (functions x CPUs x 328 bytes: 2,000 functions on 100 CPUs).
 const TIME_MEMORY_LIMIT: usize = 64 << 20;
@@ -242,21 +250,23 @@ impl ModuleWatch {
         }
         module::check_root()?;
         module::check_live(&module)?;
-        // The slow reads side by side: the module's symbols (the kernel
-        // formats every symbol before them), and aya's feature probes then
-        // the kernel's BTF.
-        let (kallsyms, task_scan_btf) = std::thread::scope(|scope| {
-            let btf = scope.spawn(|| {
-                // aya probes the kernel's features once, on first load:
-                // here, beside the kallsyms read, not after it.
-                let _ = aya::features();
-                crate::btf::task_scan_btf(&TASK_MEMBERS)
-            });
+        // The slow parts side by side: the module's symbols (the kernel
+        // formats every symbol before them); the kernel's BTF; and the
+        // object, parsed, with every map whose size does not depend on
+        // the module's functions (aya probes the kernel's features at the
+        // first).
+        let (kallsyms, task_scan_btf, object) = std::thread::scope(|scope| {
+            let btf = scope.spawn(|| crate::btf::task_scan_btf(&TASK_MEMBERS));
+            let object = scope.spawn(|| LoadedObject::begin(OBJECT, &SIZED_BY_FUNCTIONS));
             let kallsyms = kallsyms::module_symbols(&module).map_err(|cause| Error::Io {
                 path: "/proc/kallsyms".into(),
                 cause,
             });
-            (kallsyms, btf.join().expect("the BTF scan does not panic"))
+            (
+                kallsyms,
+                btf.join().expect("the BTF scan does not panic"),
+                object.join().expect("loading does not panic"),
+            )
         });
         let kallsyms = kallsyms?;
         let tracefs = tracefs::root()?;
@@ -285,21 +295,19 @@ impl ModuleWatch {
         let cpus = aya::util::nr_cpus().unwrap_or(1);
         let histogram_bytes = functions.len() * cpus * std::mem::size_of::<TimeHistogram>();
         let time_in_flight = options.time_in_flight && histogram_bytes <= TIME_MEMORY_LIMIT;
-        // No CO-RE relocation needs the kernel's BTF: aya is told not to
-        // parse it (the task iterator's attach point comes from the scan).
+        // No CO-RE relocation needs the kernel's BTF, which aya's loader
+        // would parse (see raw_bpf); the task iterator's attach point comes
+        // from the scan.
         let slots = function_slots(&functions);
-        let mut ebpf = aya::EbpfLoader::new()
-            .btf(None)
-            .map_max_entries(
-                "TIME_BY_FUNCTION",
-                if time_in_flight { functions.len() as u32 } else { 1 },
-            )
-            .map_max_entries(
-                "FUNC_BY_SLOT",
-                slots.as_ref().map_or(1, |(_, table)| table.len() as u32),
-            )
-            .load(OBJECT)?;
-        let maps = raw_bpf::map_descriptors(&ebpf)?;
+        let sizes = [
+            if time_in_flight { functions.len() as u32 } else { 1 },
+            slots.as_ref().map_or(1, |(_, table)| table.len() as u32),
+        ];
+        let mut ebpf = object?.finish(&[
+            (SIZED_BY_FUNCTIONS[0], sizes[0]),
+            (SIZED_BY_FUNCTIONS[1], sizes[1]),
+        ])?;
+        let programs = ebpf.programs();
         let info = |index: usize| {
             let function = &functions[index];
             let flags = if options.attribute_instances && function.exported {
@@ -313,7 +321,7 @@ impl ModuleWatch {
             }
         };
         let mut counter_config: aya::maps::Array<MapData, u64> =
-            aya::maps::Array::try_from(take_map(&mut ebpf, "COUNTER_CONFIG")?)?;
+            aya::maps::Array::try_from(ebpf.take_map("COUNTER_CONFIG")?)?;
         // Kept open until the probes' programs are loaded (they refer to
         // the maps by these descriptors).
         let mut func_by_slot = None;
@@ -321,7 +329,7 @@ impl ModuleWatch {
         match &slots {
             Some((base, table)) => {
                 let func_by_slot = func_by_slot.insert(aya::maps::Array::<MapData, FunctionInfo>::try_from(
-                    take_map(&mut ebpf, "FUNC_BY_SLOT")?,
+                    ebpf.take_map("FUNC_BY_SLOT")?,
                 )?);
                 for (slot, index) in table.iter().enumerate() {
                     if let Some(index) = index {
@@ -332,7 +340,7 @@ impl ModuleWatch {
             }
             None => {
                 let func_by_addr = func_by_addr.insert(BpfHashMap::<MapData, u64, FunctionInfo>::try_from(
-                    take_map(&mut ebpf, "FUNC_BY_ADDR")?,
+                    ebpf.take_map("FUNC_BY_ADDR")?,
                 )?);
                 for (index, function) in functions.iter().enumerate() {
                     // With IBT the probed address may be reported past the ENDBR.
@@ -343,10 +351,12 @@ impl ModuleWatch {
             }
         }
         let scan_config: aya::maps::Array<MapData, u64> =
-            aya::maps::Array::try_from(take_map(&mut ebpf, "SCAN_CONFIG")?)?;
+            aya::maps::Array::try_from(ebpf.take_map("SCAN_CONFIG")?)?;
         // Before any probe is armed, so that every stamp is consistent.
         counter_config.set(CONFIG_TIME_IN_FLIGHT, u64::from(time_in_flight), 0)?;
         let mut watch = Self {
+            probe_programs: Vec::new(),
+            tick: None,
             task_scan: None,
             task_scan_refused: None,
             scan_config,
@@ -356,16 +366,16 @@ impl ModuleWatch {
             last_stack_check: None,
             links: Vec::new(),
             probes: Vec::new(),
-            inflight: BpfHashMap::try_from(take_map(&mut ebpf, "INFLIGHT")?)?,
-            left: Some(aya::maps::RingBuf::try_from(take_map(&mut ebpf, "LEFT")?)?),
-            calls: PerCpuArray::try_from(take_map(&mut ebpf, "CALLS")?)?,
-            events: PerCpuArray::try_from(take_map(&mut ebpf, "EVENTS")?)?,
-            live: aya::maps::Array::try_from(take_map(&mut ebpf, "LIVE")?)?,
-            time_by_function: PerCpuArray::try_from(take_map(&mut ebpf, "TIME_BY_FUNCTION")?)?,
-            time_by_instance: PerCpuHashMap::try_from(take_map(&mut ebpf, "TIME_BY_INSTANCE")?)?,
+            inflight: BpfHashMap::try_from(ebpf.take_map("INFLIGHT")?)?,
+            left: Some(aya::maps::RingBuf::try_from(ebpf.take_map("LEFT")?)?),
+            calls: PerCpuArray::try_from(ebpf.take_map("CALLS")?)?,
+            events: PerCpuArray::try_from(ebpf.take_map("EVENTS")?)?,
+            live: aya::maps::Array::try_from(ebpf.take_map("LIVE")?)?,
+            time_by_function: PerCpuArray::try_from(ebpf.take_map("TIME_BY_FUNCTION")?)?,
+            time_by_instance: PerCpuHashMap::try_from(ebpf.take_map("TIME_BY_INSTANCE")?)?,
             armed_ns: 0,
             counter_config,
-            user_ticks: BpfHashMap::try_from(take_map(&mut ebpf, "USER_TICKS")?)?,
+            user_ticks: BpfHashMap::try_from(ebpf.take_map("USER_TICKS")?)?,
             representative: Vec::new(),
             index_by_name: HashMap::new(),
             module,
@@ -376,7 +386,8 @@ impl ModuleWatch {
             unresolved: BTreeSet::new(),
             multi_refused: None,
             max_active: options.max_active,
-            ebpf,
+            object: ebpf,
+            programs,
         };
         // Stacks show names only: functions sharing a name (static helpers
         // of different files) are one group there, under its first index.
@@ -395,11 +406,11 @@ impl ModuleWatch {
         // iterator is verified beside arming the probes (both take a CPU
         // for tens of milliseconds, neither needs the other).
         let scan_btf_id = task_scan_btf.and_then(|btf| watch.configure_task_scan(&btf));
-        let maps = maps.as_slice();
+        let programs = std::sync::Arc::clone(&watch.programs);
         let (iterator, armed) = std::thread::scope(|scope| {
             let iterator = scan_btf_id
-                .map(|btf_id| scope.spawn(move || TaskIterator::load(OBJECT, maps, SCAN_PROGRAM, btf_id)));
-            let armed = watch.arm(maps, options.max_active);
+                .map(|btf_id| scope.spawn(move || TaskIterator::load(&programs, SCAN_PROGRAM, btf_id)));
+            let armed = watch.arm(options.max_active);
             let iterator = iterator.and_then(|loading| loading.join().expect("loading does not panic"));
             (iterator, armed)
         });
@@ -413,21 +424,16 @@ impl ModuleWatch {
         }
         watch.armed_ns = time_in_flight::monotonic_ns();
         watch.seed()?;
+        // The tick program serves only threads seeded or unresolved now
+        // (no later stack read adds one): most attaches need no kprobe on
+        // the tick path, whose arming and removal cost 100 ms each under
+        // emulation. Armed after the seed's reads, it can only have missed
+        // user-mode ticks, which proves less, never more.
+        if !watch.seeded.is_empty() || !watch.unresolved.is_empty() {
+            watch.attach_tick()?;
+        }
         drop((func_by_slot, func_by_addr));
         Ok(watch)
-    }
-
-    fn program_fd(&self, kind: ProbeKind) -> Result<BorrowedFd<'_>, Error> {
-        let name = match kind {
-            ProbeKind::Entry => PROGRAMS[0],
-            ProbeKind::Return { .. } => PROGRAMS[1],
-        };
-        let program: &KProbe = self
-            .ebpf
-            .program(name)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        Ok(program.fd()?.as_fd())
     }
 
     /// The tick program, and the counting programs on every function: one
@@ -435,20 +441,15 @@ impl ModuleWatch {
     /// where kprobe.multi is missing (no CONFIG_FPROBE) or refuses a
     /// function (it needs every one to be ftrace-able), so that each
     /// refused function is named.
-    fn arm(&mut self, maps: &[(String, std::os::fd::RawFd)], max_active: u32) -> Result<(), Error> {
-        self.attach_tick()?;
-        if let Err(multi) = self.attach_multi(maps) {
+    fn arm(&mut self, max_active: u32) -> Result<(), Error> {
+        if let Err(multi) = self.attach_multi() {
             self.multi_refused = Some(multi.to_string());
             ensure_file_descriptors(&self.module, self.functions.len())?;
-            // Loaded by aya only here: kprobe.multi loads its own copies.
-            for name in PROGRAMS {
-                let program: &mut KProbe = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-                    .try_into()?;
-                program.load()?;
-            }
+            // Loaded only here: kprobe.multi loads its own copies.
+            self.probe_programs = PROGRAMS
+                .iter()
+                .map(|name| self.programs.load(name, LoadAs::Kprobe))
+                .collect::<Result<_, _>>()?;
             self.attach_all(max_active)?;
         }
         Ok(())
@@ -653,30 +654,20 @@ impl ModuleWatch {
                 )),
             });
         }
-        let maps = SwitchMaps {
-            inside: BpfHashMap::try_from(take_map(&mut self.ebpf, "SWITCHED_INSIDE")?)?,
+        Ok(SwitchMaps {
+            inside: BpfHashMap::try_from(self.object.take_map("SWITCHED_INSIDE")?)?,
             removed_here: 0,
             added_here: 0,
-        };
-        let program: &mut aya::programs::RawTracePoint = self
-            .ebpf
-            .program_mut(SWITCH_PROGRAM)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        program.load()?;
-        program.attach("sched_switch")?;
-        Ok(maps)
+            link: RawTracepointLink::attach(&self.programs, SWITCH_PROGRAM, c"sched_switch")?,
+        })
     }
 
     /// Runs of the switch program the kernel skipped (another BPF program
     /// was running on that CPU): a task may have stopped unnoted.
     fn switch_misses(&self) -> Result<u64, Error> {
-        let program: &aya::programs::RawTracePoint = self
-            .ebpf
-            .program(SWITCH_PROGRAM)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        recursion_misses(program.fd()?.as_fd())
+        self.switches
+            .as_ref()
+            .map_or(Ok(0), |switches| switches.link.misses())
     }
 
     /// The narrow check's tasks: those noted in the switch program's map
@@ -729,19 +720,13 @@ impl ModuleWatch {
     /// finds it in user mode proves it holds no kernel frame: the tick
     /// program marks such threads (see `resolve`). Detached with the object.
     fn attach_tick(&mut self) -> Result<(), Error> {
-        let program: &mut KProbe = self
-            .ebpf
-            .program_mut("lsw_tick")
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        program.load()?;
-        program.attach(TICK_FUNCTION, 0)?;
+        self.tick = Some(KprobeLink::attach(&self.programs, "lsw_tick", TICK_FUNCTION)?);
         Ok(())
     }
 
     /// kprobe.multi links on every function: returns first, for the reason
     /// `attach_all` gives.
-    fn attach_multi(&mut self, maps: &[(String, std::os::fd::RawFd)]) -> Result<(), Error> {
+    fn attach_multi(&mut self) -> Result<(), Error> {
         // Before 6.7 a kprobe.multi link reports no misses (neither returns
         // lost past fprobe's pool nor skipped runs): a count could be wrong
         // without anyone knowing. Those kernels get the tracefs probes.
@@ -790,13 +775,13 @@ impl ModuleWatch {
             .cycle()
             .take(addresses.len() * copies)
             .collect();
-        let returns = match MultiLink::attach(OBJECT, maps, PROGRAMS[1], &padded, true) {
+        let returns = match MultiLink::attach(&self.programs, PROGRAMS[1], &padded, true) {
             Ok(link) => link,
             // A kernel that refuses repeated addresses: the smaller pool.
-            Err(_) if copies > 1 => MultiLink::attach(OBJECT, maps, PROGRAMS[1], &addresses, true)?,
+            Err(_) if copies > 1 => MultiLink::attach(&self.programs, PROGRAMS[1], &addresses, true)?,
             Err(err) => return Err(err),
         };
-        let entries = MultiLink::attach(OBJECT, maps, PROGRAMS[0], &addresses, false)?;
+        let entries = MultiLink::attach(&self.programs, PROGRAMS[0], &addresses, false)?;
         self.links = vec![entries, returns];
         self.unprobed = exits;
         Ok(())
@@ -830,8 +815,7 @@ impl ModuleWatch {
         let mut attached = Vec::with_capacity(2 * self.functions.len());
         let mut unprobed = Vec::new();
         {
-            let returns = self.program_fd(ProbeKind::Return { max_active })?;
-            let entries = self.program_fd(ProbeKind::Entry)?;
+            let [entries, returns] = [0, 1].map(|index| self.probe_programs[index].as_fd());
             for (index, function) in self.functions.iter().enumerate() {
                 let target = (self.module.as_str(), function.name.as_str(), function.address);
                 let pair = AttachedProbe::attach(
@@ -1343,8 +1327,8 @@ impl ModuleWatch {
         if !self.probes.is_empty() {
             let profile = tracefs::misses(&self.tracefs)?;
             probe_misses = self.probes.iter().filter_map(|p| profile.get(p.event())).sum();
-            for kind in [ProbeKind::Entry, ProbeKind::Return { max_active: 1 }] {
-                recursion += recursion_misses(self.program_fd(kind)?)?;
+            for program in &self.probe_programs {
+                recursion += raw_bpf::recursion_misses(program.as_fd())?;
             }
         }
         for link in &self.links {
@@ -1500,56 +1484,8 @@ fn in_initial_pid_namespace() -> bool {
         .unwrap_or(false)
 }
 
-/// The eBPF object built by build.rs.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopswap"));
-
-/// The eBPF object, loaded (maps created, programs not).
-pub fn load_object() -> Result<Ebpf, Error> {
-    Ok(Ebpf::load(OBJECT)?)
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, Error> {
-    ebpf.take_map(name).ok_or_else(|| {
-        Error::Map(MapError::InvalidName {
-            name: name.to_owned(),
-        })
-    })
-}
-
-/// `bpf_prog_info.recursion_misses` (Linux 5.12+), which aya 0.14's
-/// `ProgramInfo` does not expose: runs of the program the kernel skipped
-/// because another BPF program was already running on that CPU.
-fn recursion_misses(program: BorrowedFd<'_>) -> Result<u64, Error> {
-    #[repr(C)]
-    struct InfoByFd {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    // SAFETY: bpf_prog_info is plain old data; zero is a valid value.
-    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr = InfoByFd {
-        bpf_fd: program.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: &raw mut info as u64,
-    };
-    // SAFETY: attr points at a live bpf_prog_info of the size given.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_int,
-            &raw mut attr,
-            std::mem::size_of::<InfoByFd>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(Error::Io {
-            path: "bpf(BPF_OBJ_GET_INFO_BY_FD)".into(),
-            cause: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(info.recursion_misses)
-}
+/// The eBPF object built by build.rs (without its DWARF).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopswap.stripped"));
 
 #[cfg(test)]
 mod tests {

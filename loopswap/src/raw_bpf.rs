@@ -1,5 +1,11 @@
-//! Program loads and links that aya 0.14 cannot make, by bpf(2):
+//! What loopswap loads and links by bpf(2) instead of through aya 0.14:
 //!
+//! - The object itself ([`LoadedObject`]): parsed once by aya-obj, its maps
+//!   created by aya's `MapData`, its programs' map references and calls
+//!   resolved once. `aya::EbpfLoader::new()` reads and parses all of the
+//!   kernel's BTF (5 MB; a quarter of a second under emulation) even when
+//!   `.btf(None)` then drops it, and no program here needs a CO-RE
+//!   relocation.
 //! - One BPF link for the entries of every function of a module and one for
 //!   their returns: kprobe.multi (fprobe, Linux 5.18+, `CONFIG_FPROBE`).
 //!   The kernel patches the text of all the functions in one ftrace update,
@@ -7,24 +13,162 @@
 //!   killed controller leaves nothing behind.
 //! - The task iterator, attached by the BTF id of `bpf_iter_task` found by
 //!   a quick scan (`crate::btf`): aya would parse all of the kernel's BTF
-//!   (half a second under emulation) to find it.
-//!
-//! aya loads the object and creates its maps; this module loads programs a
-//! second time, with the types and attach types they need, their map
-//! references resolved by aya-obj to the maps aya created, so every program
-//! shares the same maps.
+//!   to find it.
+//! - A kprobe by the perf kprobe PMU, and a raw tracepoint.
 
 use std::{
-    collections::HashSet,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    collections::{HashMap, HashSet},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+    sync::Arc,
 };
 
-use aya::Ebpf;
+use aya::maps::{Map, MapData, MapError};
 use aya_obj::generated::{
     BPF_F_KPROBE_MULTI_RETURN, bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_link_info, bpf_prog_type,
 };
+use perf_event_open_sys as perf;
 
 use crate::Error;
+
+/// The object's maps, created, and its programs, ready to load.
+#[derive(Debug)]
+pub struct LoadedObject {
+    maps: HashMap<String, Map>,
+    programs: Arc<Programs>,
+}
+
+impl LoadedObject {
+    /// Parses `object` and creates its maps, each with the size
+    /// `max_entries` gives it, if any, or the object's.
+    pub fn load(object: &[u8], max_entries: &[(&str, u32)]) -> Result<Self, Error> {
+        let sized_later: Vec<&str> = max_entries.iter().map(|(name, _)| *name).collect();
+        Self::begin(object, &sized_later)?.finish(max_entries)
+    }
+
+    /// Parses `object` and creates every map but those `sized_later`,
+    /// whose sizes the caller does not know yet: the slow part of a load,
+    /// to run beside whatever finds those sizes.
+    pub fn begin(object: &[u8], sized_later: &[&str]) -> Result<PartlyLoaded, Error> {
+        let parsed = aya_obj::Object::parse(object).map_err(|err| malformed(err.to_string()))?;
+        let mut maps = HashMap::new();
+        for (name, definition) in &parsed.maps {
+            if !sized_later.contains(&name.as_str()) {
+                maps.insert(name.clone(), create_map(name, definition.clone())?);
+            }
+        }
+        Ok(PartlyLoaded { parsed, maps })
+    }
+    /// Takes the map `name` out of the object. Programs loaded later still
+    /// use it: they refer to it by descriptor, which the map keeps open.
+    pub fn take_map(&mut self, name: &str) -> Result<Map, Error> {
+        self.maps.remove(name).ok_or_else(|| {
+            Error::Map(MapError::InvalidName {
+                name: format!("{name} (missing from the eBPF object, or taken)"),
+            })
+        })
+    }
+
+    /// The programs, resolved against this object's maps: whoever loads
+    /// one must keep the maps it uses open.
+    pub fn programs(&self) -> Arc<Programs> {
+        Arc::clone(&self.programs)
+    }
+}
+
+/// An object [`LoadedObject::begin`] parsed, with its maps of known size.
+#[derive(Debug)]
+pub struct PartlyLoaded {
+    parsed: aya_obj::Object,
+    maps: HashMap<String, Map>,
+}
+
+impl PartlyLoaded {
+    /// Creates the maps left, each with the size `max_entries` gives it,
+    /// if any, or the object's, and resolves the programs' references to
+    /// the maps.
+    pub fn finish(self, max_entries: &[(&str, u32)]) -> Result<LoadedObject, Error> {
+        let Self { mut parsed, mut maps } = self;
+        for (name, definition) in &parsed.maps {
+            if !maps.contains_key(name) {
+                let mut definition = definition.clone();
+                if let Some((_, entries)) = max_entries.iter().find(|(map, _)| map == name) {
+                    definition.set_max_entries(*entries);
+                }
+                maps.insert(name.clone(), create_map(name, definition)?);
+            }
+        }
+        let descriptors: Vec<(String, RawFd)> = maps
+            .iter()
+            .map(|(name, map)| map_fd(map).map(|fd| (name.clone(), fd)))
+            .collect::<Result<_, _>>()?;
+        let text_sections: HashSet<usize> = parsed.functions.keys().map(|(section, _)| *section).collect();
+        let definitions = parsed.maps.clone();
+        parsed
+            .relocate_maps(
+                descriptors
+                    .iter()
+                    .filter_map(|(name, fd)| definitions.get(name).map(|map| (name.as_str(), *fd, map))),
+                &text_sections,
+            )
+            .map_err(|err| malformed(err.to_string()))?;
+        parsed
+            .relocate_calls(&text_sections)
+            .map_err(|err| malformed(err.to_string()))?;
+        Ok(LoadedObject {
+            maps,
+            programs: Arc::new(Programs(parsed)),
+        })
+    }
+}
+
+fn create_map(name: &str, definition: aya_obj::Map) -> Result<Map, Error> {
+    // Plain maps only: no initial data to write, nothing to freeze.
+    if !definition.data().is_empty() {
+        return Err(malformed(format!("map {name} has initial data")));
+    }
+    let data = MapData::create(definition, name, None).map_err(Error::Map)?;
+    Map::from_map_data(data).map_err(Error::Map)
+}
+
+fn map_fd(map: &Map) -> Result<RawFd, Error> {
+    let data = match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::PerCpuHashMap(data)
+        | Map::RingBuf(data) => data,
+        _ => {
+            return Err(Error::Map(MapError::InvalidName {
+                name: "a map of a type loopswap does not expect".into(),
+            }));
+        }
+    };
+    Ok(data.fd().as_fd().as_raw_fd())
+}
+
+fn malformed(why: String) -> Error {
+    Error::Io {
+        path: "the embedded eBPF object".into(),
+        cause: std::io::Error::other(why),
+    }
+}
+
+/// Every program of the object, its map references and calls resolved.
+#[derive(Debug)]
+pub struct Programs(aya_obj::Object);
+
+impl Programs {
+    /// Loads `program` as `how` says.
+    pub fn load(&self, program: &str, how: LoadAs) -> Result<OwnedFd, Error> {
+        let key = self
+            .0
+            .programs
+            .get(program)
+            .ok_or_else(|| malformed(format!("no program {program}")))?
+            .function_key();
+        load(&self.0.functions[&key].instructions, program, how)
+    }
+}
 
 /// A program loaded for kprobe.multi, and the link attaching it.
 #[derive(Debug)]
@@ -38,13 +182,12 @@ impl MultiLink {
     /// Loads `program` from `object` for kprobe.multi and attaches it to
     /// every address: at their entries, or with `returns` at their returns.
     pub fn attach(
-        object: &[u8],
-        maps: &[(String, RawFd)],
+        programs: &Programs,
         program: &str,
         addresses: &[u64],
         returns: bool,
     ) -> Result<Self, Error> {
-        let program = load(object, maps, program, LoadAs::KprobeMulti)?;
+        let program = programs.load(program, LoadAs::KprobeMulti)?;
         // SAFETY: bpf_attr is plain old data; zero is valid for every field.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the link_create member of a zeroed union.
@@ -76,37 +219,14 @@ impl MultiLink {
     pub fn missed_by_kind(&self) -> Result<(u64, u64), Error> {
         // SAFETY: plain old data; zero is valid.
         let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
-        object_info(&self.link, &mut info)?;
+        object_info(self.link.as_fd(), &mut info)?;
         // SAFETY: a kprobe.multi link fills the kprobe_multi member.
         let link_missed = unsafe { info.__bindgen_anon_1.kprobe_multi.missed };
         // SAFETY: plain old data; zero is valid.
         let mut program: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-        object_info(&self.program, &mut program)?;
+        object_info(self.program.as_fd(), &mut program)?;
         Ok((link_missed, program.recursion_misses))
     }
-}
-
-/// Every map of a loaded object with its descriptor, for [`MultiLink::attach`].
-/// Call before taking maps out of `ebpf`.
-pub fn map_descriptors(ebpf: &Ebpf) -> Result<Vec<(String, RawFd)>, Error> {
-    use aya::maps::Map;
-    ebpf.maps()
-        .map(|(name, map)| {
-            let data = match map {
-                Map::Array(data)
-                | Map::HashMap(data)
-                | Map::PerCpuArray(data)
-                | Map::PerCpuHashMap(data)
-                | Map::RingBuf(data) => data,
-                _ => {
-                    return Err(Error::Map(aya::maps::MapError::InvalidName {
-                        name: format!("{name} (a map type loopswap does not expect)"),
-                    }));
-                }
-            };
-            Ok((name.to_owned(), data.fd().as_fd().as_raw_fd()))
-        })
-        .collect()
 }
 
 /// A task iterator program and the link that makes it runnable: each
@@ -121,8 +241,8 @@ pub struct TaskIterator {
 impl TaskIterator {
     /// Loads `program` (an `iter/task` program) of `object` against the
     /// kernel's `bpf_iter_task` (BTF type id `btf_id`) and links it.
-    pub fn load(object: &[u8], maps: &[(String, RawFd)], program: &str, btf_id: u32) -> Result<Self, Error> {
-        let program = load(object, maps, program, LoadAs::TaskIterator { btf_id })?;
+    pub fn load(programs: &Programs, program: &str, btf_id: u32) -> Result<Self, Error> {
+        let program = programs.load(program, LoadAs::TaskIterator { btf_id })?;
         // SAFETY: plain old data; zero is valid for every field.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the link_create member of a zeroed union.
@@ -154,38 +274,133 @@ impl TaskIterator {
     }
 }
 
+/// A program loaded as a kprobe on one function, by the perf kprobe PMU
+/// (no tracefs event to create or remove); detached on drop.
+#[derive(Debug)]
+pub struct KprobeLink {
+    // Field order is drop order: the event goes before its program.
+    _event: OwnedFd,
+    _program: OwnedFd,
+}
+
+impl KprobeLink {
+    /// Loads `program` and runs it at every entry of the kernel function
+    /// `symbol`.
+    pub fn attach(programs: &Programs, program: &str, symbol: &str) -> Result<Self, Error> {
+        const PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
+        let loaded = programs.load(program, LoadAs::Kprobe)?;
+        let io = |path: &str, cause| Error::Io {
+            path: path.into(),
+            cause,
+        };
+        let pmu: u32 = std::fs::read_to_string(PMU_TYPE)
+            .map_err(|cause| io(PMU_TYPE, cause))?
+            .trim()
+            .parse()
+            .map_err(|_| io(PMU_TYPE, std::io::Error::other("not a number")))?;
+        let symbol_c = std::ffi::CString::new(symbol).map_err(|_| malformed(format!("symbol {symbol:?}")))?;
+        let mut attr = perf::bindings::perf_event_attr {
+            type_: pmu,
+            size: std::mem::size_of::<perf::bindings::perf_event_attr>() as u32,
+            ..Default::default()
+        };
+        attr.__bindgen_anon_3.kprobe_func = symbol_c.as_ptr() as u64;
+        attr.__bindgen_anon_4.kprobe_addr = 0;
+        let event = perf_attach(attr, loaded.as_fd())
+            .map_err(|cause| io(&format!("perf_event_open (kprobe on {symbol})"), cause))?;
+        Ok(Self {
+            _event: event,
+            _program: loaded,
+        })
+    }
+}
+
+/// A program loaded for a raw tracepoint and attached to it; detached on
+/// drop.
+#[derive(Debug)]
+pub struct RawTracepointLink {
+    // Field order is drop order: the link goes before its program.
+    _link: OwnedFd,
+    program: OwnedFd,
+}
+
+impl RawTracepointLink {
+    /// Loads `program` and runs it at every hit of `tracepoint`.
+    pub fn attach(programs: &Programs, program: &str, tracepoint: &std::ffi::CStr) -> Result<Self, Error> {
+        let program = programs.load(program, LoadAs::RawTracepoint)?;
+        // SAFETY: plain old data; zero is valid for every field.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.raw_tracepoint.name = tracepoint.as_ptr() as u64;
+        attr.raw_tracepoint.prog_fd = program.as_raw_fd() as u32;
+        let link = bpf_new_fd(
+            bpf_cmd::BPF_RAW_TRACEPOINT_OPEN,
+            &mut attr,
+            "BPF_RAW_TRACEPOINT_OPEN",
+        )?;
+        Ok(Self { _link: link, program })
+    }
+
+    /// Runs the kernel skipped (see [`recursion_misses`]).
+    pub fn misses(&self) -> Result<u64, Error> {
+        recursion_misses(self.program.as_fd())
+    }
+}
+
+/// Opens the perf event `attr` describes (one event on CPU 0 is enough: a
+/// BPF program attached to a kprobe runs on every CPU) and attaches
+/// `program` to it.
+pub fn perf_attach(
+    mut attr: perf::bindings::perf_event_attr,
+    program: BorrowedFd<'_>,
+) -> std::io::Result<OwnedFd> {
+    attr.__bindgen_anon_1.sample_period = 1;
+    attr.__bindgen_anon_2.wakeup_events = 1;
+    // SAFETY: attr is a valid, fully initialised perf_event_attr, and any
+    // string it points at outlives the call.
+    let fd =
+        unsafe { perf::perf_event_open(&mut attr, -1, 0, -1, perf::bindings::PERF_FLAG_FD_CLOEXEC as _) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: perf_event_open returned a new descriptor that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: both descriptors are open for the duration of the calls.
+    unsafe {
+        if perf::ioctls::SET_BPF(fd.as_raw_fd(), program.as_raw_fd() as u32) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if perf::ioctls::ENABLE(fd.as_raw_fd(), 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
+
+/// `bpf_prog_info.recursion_misses` (Linux 5.12+), which aya 0.14's
+/// `ProgramInfo` does not expose: runs of the program the kernel skipped
+/// because another BPF program (or a BPF syscall) held the CPU.
+pub fn recursion_misses(program: BorrowedFd<'_>) -> Result<u64, Error> {
+    // SAFETY: plain old data; zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    object_info(program, &mut info)?;
+    Ok(info.recursion_misses)
+}
+
 /// How to load a program.
 #[derive(Clone, Copy, Debug)]
-enum LoadAs {
+pub enum LoadAs {
+    /// For a kprobe.multi link.
     KprobeMulti,
+    /// For a perf event: a kprobe or kretprobe.
+    Kprobe,
+    /// For [`RawTracepointLink`].
+    RawTracepoint,
+    /// For [`TaskIterator`], against `bpf_iter_task` (BTF id `btf_id`).
     TaskIterator { btf_id: u32 },
 }
 
-/// `program` of `object` with its maps and calls relocated, loaded as
-/// `how` says.
-fn load(object: &[u8], maps: &[(String, RawFd)], program: &str, how: LoadAs) -> Result<OwnedFd, Error> {
-    let malformed = |why: String| Error::Io {
-        path: "the embedded eBPF object".into(),
-        cause: std::io::Error::other(why),
-    };
-    let mut obj = aya_obj::Object::parse(object).map_err(|err| malformed(err.to_string()))?;
-    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
-    let definitions = obj.maps.clone();
-    obj.relocate_maps(
-        maps.iter()
-            .filter_map(|(name, fd)| definitions.get(name).map(|map| (name.as_str(), *fd, map))),
-        &text_sections,
-    )
-    .map_err(|err| malformed(err.to_string()))?;
-    obj.relocate_calls(&text_sections)
-        .map_err(|err| malformed(err.to_string()))?;
-    let key = obj
-        .programs
-        .get(program)
-        .ok_or_else(|| malformed(format!("no program {program}")))?
-        .function_key();
-    let instructions: &[bpf_insn] = &obj.functions[&key].instructions;
-
+/// Loads `instructions` (of the program `program`) as `how` says.
+fn load(instructions: &[bpf_insn], program: &str, how: LoadAs) -> Result<OwnedFd, Error> {
     let mut log = vec![0u8; 1 << 16];
     let mut name = [0 as std::ffi::c_char; 16];
     for (slot, byte) in name.iter_mut().zip(program.bytes().take(15)) {
@@ -200,6 +415,8 @@ fn load(object: &[u8], maps: &[(String, RawFd)], program: &str, how: LoadAs) -> 
             load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
             load.expected_attach_type = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
         }
+        LoadAs::Kprobe => load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32,
+        LoadAs::RawTracepoint => load.prog_type = bpf_prog_type::BPF_PROG_TYPE_RAW_TRACEPOINT as u32,
         LoadAs::TaskIterator { btf_id } => {
             load.prog_type = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
             load.expected_attach_type = bpf_attach_type::BPF_TRACE_ITER as u32;
@@ -214,6 +431,8 @@ fn load(object: &[u8], maps: &[(String, RawFd)], program: &str, how: LoadAs) -> 
     // fail a good load); on failure once more with it, to say why.
     let what = match how {
         LoadAs::KprobeMulti => "BPF_PROG_LOAD (kprobe.multi)",
+        LoadAs::Kprobe => "BPF_PROG_LOAD (kprobe)",
+        LoadAs::RawTracepoint => "BPF_PROG_LOAD (raw tracepoint)",
         LoadAs::TaskIterator { .. } => "BPF_PROG_LOAD (iter/task)",
     };
     if let Ok(fd) = bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, what) {
@@ -242,7 +461,7 @@ fn load(object: &[u8], maps: &[(String, RawFd)], program: &str, how: LoadAs) -> 
     })
 }
 
-fn object_info<T>(fd: &OwnedFd, info: &mut T) -> Result<(), Error> {
+fn object_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> Result<(), Error> {
     // SAFETY: plain old data; zero is valid.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.info.bpf_fd = fd.as_raw_fd() as u32;

@@ -135,8 +135,8 @@ pub struct SwapReport {
     /// SIGINT or SIGTERM ended the swap early.
     pub interrupted: bool,
     /// When the swap started, in µs since the Unix epoch: with `micros`,
-    /// the span of the whole swap (attach and detach included) against
-    /// other logs.
+    /// the span of the whole swap (attach included, and detach unless
+    /// `--keep-old` left it for after the report) against other logs.
     pub started_unix_us: u64,
     pub micros: u64,
 }
@@ -348,7 +348,7 @@ fn lock_memory() -> Result<(), Error> {
 
 /// The whole swap. Refusals before any change are errors; a swap that had
 /// to be aborted is a report with `committed: false`.
-pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapReport, Error> {
+pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapReport, Attached), Error> {
     let started = Instant::now();
     let started_unix_us = unix_us();
     check_usage(options)?;
@@ -466,8 +466,15 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
         Ok(())
     }
     .await;
-    // Detach before unloading: a probed module cannot be unloaded.
-    drop(watches);
+    // Detach before unloading (a probed module cannot be unloaded); with
+    // --keep-old nothing waits for the probes to go, and they go after
+    // the report.
+    let attached = if options.keep_old && swapped.is_ok() {
+        Attached { _watches: watches }
+    } else {
+        drop(watches);
+        Attached::default()
+    };
     if let Err(err) = swapped {
         // Whatever it loaded goes too (the kernel refuses while an instance
         // already committed to it uses it).
@@ -517,15 +524,27 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<SwapRe
             }
         }
     }
-    Ok(SwapReport {
-        to,
-        loaded,
-        unloaded,
-        instances: reports,
-        interrupted: cancelled(),
-        started_unix_us,
-        micros: micros(started),
-    })
+    Ok((
+        SwapReport {
+            to,
+            loaded,
+            unloaded,
+            instances: reports,
+            interrupted: cancelled(),
+            started_unix_us,
+            micros: micros(started),
+        },
+        attached,
+    ))
+}
+
+/// The probes a swap leaves attached after its report: with `--keep-old`
+/// no unload waits for them, and their release (per kprobe.multi link an
+/// ftrace update and an RCU-tasks grace period, about 0.3 s under
+/// emulation) does not delay the report. Released when dropped.
+#[derive(Default)]
+pub struct Attached {
+    _watches: HashMap<String, Counters>,
 }
 
 /// The counters on one old module, with the ring buffer that wakes a

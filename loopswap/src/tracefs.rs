@@ -1,6 +1,6 @@
 //! The small raw layer beside aya: kprobe events created through tracefs,
 //! which (unlike aya 0.14's kprobe attach) can set a kretprobe's
-//! `maxactive`, bound to an aya-loaded program with `perf_event_open` and
+//! `maxactive`, bound to a loaded program with `perf_event_open` and
 //! `PERF_EVENT_IOC_SET_BPF`; and the per-event miss counts tracefs keeps.
 //!
 //! Events are named `lsw<pid>_<tag>` in the `loopswap` group, so events left
@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     fs::{self, OpenOptions},
     io::Write as _,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -125,36 +125,17 @@ impl Drop for AttachedProbe {
     }
 }
 
-/// Opens the tracepoint-style perf event `id` and attaches `program`. One
-/// event on CPU 0 is enough: a BPF program attached to a kprobe event runs
-/// on every CPU.
+/// Opens the tracepoint-style perf event `id` and attaches `program`.
 fn perf_attach(id: u64, program: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
-    let mut attr = perf::bindings::perf_event_attr {
-        type_: perf::bindings::PERF_TYPE_TRACEPOINT,
-        size: std::mem::size_of::<perf::bindings::perf_event_attr>() as u32,
-        config: id,
-        ..Default::default()
-    };
-    attr.__bindgen_anon_1.sample_period = 1;
-    attr.__bindgen_anon_2.wakeup_events = 1;
-    // SAFETY: attr is a valid, fully initialised perf_event_attr.
-    let fd =
-        unsafe { perf::perf_event_open(&mut attr, -1, 0, -1, perf::bindings::PERF_FLAG_FD_CLOEXEC as _) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: perf_event_open returned a new descriptor that we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: both descriptors are open for the duration of the calls.
-    unsafe {
-        if perf::ioctls::SET_BPF(fd.as_raw_fd(), program.as_raw_fd() as u32) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if perf::ioctls::ENABLE(fd.as_raw_fd(), 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(fd)
+    crate::raw_bpf::perf_attach(
+        perf::bindings::perf_event_attr {
+            type_: perf::bindings::PERF_TYPE_TRACEPOINT,
+            size: std::mem::size_of::<perf::bindings::perf_event_attr>() as u32,
+            config: id,
+            ..Default::default()
+        },
+        program,
+    )
 }
 
 /// Misses per event from `kprobe_profile`: `  name  hits  misses`. For a

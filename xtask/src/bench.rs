@@ -143,7 +143,12 @@ sleep {control}
 for i in $(seq {swaps}); do
     if [ $((i % 2)) = 1 ]; then to=lswloop_v2; else to=lswloop_v1; fi
     kill -0 $fio
-    echo "SWAP $(loopswap swap lswloop0 --to $to --keep-old --json)"
+    # The report, and the process's whole life (with --keep-old the probes
+    # detach after the report).
+    t0=$(now)
+    report=$(loopswap swap lswloop0 --to $to --keep-old --json)
+    t1=$(now)
+    echo "SWAP $((t1 - t0)) $report"
 done
 sleep 1
 kill -INT $fio
@@ -182,7 +187,10 @@ for extra in 0 250 2000; do
     while [ $started -lt $extra ]; do sleep 1000 & started=$((started + 1)); done
     for i in 1 2 3 4 5 6; do
         if [ $v = 1 ]; then v=2; else v=1; fi
-        echo "SCALE $extra $(loopswap swap $dev --to lswloop_v$v --keep-old --json)"
+        t0=$(now)
+        report=$(loopswap swap $dev --to lswloop_v$v --keep-old --json)
+        t1=$(now)
+        echo "SCALE $extra,$((t1 - t0)) $report"
     done
 done
 "#,
@@ -323,12 +331,15 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     let mut blackouts = Vec::new();
     let mut held = Vec::new();
     let mut whole = Vec::new();
+    let mut process = Vec::new();
     let mut windows_ms = Vec::new();
     // Before each gate closes (attach, seed, estimate) and after it opens
     // (detach): when the probes come and go.
     let mut probe_windows_ms = Vec::new();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for (_, report) in &swapped {
+    for (process_ns, report) in &swapped {
+        let process_ms = process_ns.parse::<f64>().context("a swap's process time")? / 1e6;
+        process.push(process_ms);
         let instance = &report["instances"][0];
         let blackout = instance["blackout_us"].as_f64().context("blackout_us")?;
         blackouts.push(blackout);
@@ -340,7 +351,9 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             / 1000.0;
         windows_ms.push((closed_ms, closed_ms + blackout / 1000.0));
         let started_ms = report["started_unix_us"].as_f64().context("started_unix_us")? / 1000.0;
-        let ended_ms = started_ms + report["micros"].as_f64().context("micros")? / 1000.0;
+        // The process's end, detach included (timed from just before it
+        // started, so a little late: the window errs wide).
+        let ended_ms = started_ms + (report["micros"].as_f64().context("micros")? / 1000.0).max(process_ms);
         probe_windows_ms.push((started_ms, closed_ms));
         probe_windows_ms.push((closed_ms + blackout / 1000.0, ended_ms));
         for phase in instance["phases"].as_array().context("phases")? {
@@ -408,10 +421,13 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
 
     let mut scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
     let mut idle_whole = Vec::new();
-    for (extra, report) in reports(output, "SCALE ")? {
+    let mut idle_process = Vec::new();
+    for (tag, report) in reports(output, "SCALE ")? {
+        let (extra, process_ns) = tag.split_once(',').context("a SCALE line's extra,ns")?;
         let extra: u32 = extra.parse().context("extra threads")?;
         if extra == 0 {
             idle_whole.push(report["micros"].as_f64().unwrap_or(0.0) / 1000.0);
+            idle_process.push(process_ns.parse::<f64>().context("a swap's process time")? / 1e6);
         }
         scaling.entry(extra).or_default().push(
             report["instances"][0]["blackout_us"]
@@ -470,6 +486,14 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     row(
         "whole swap, idle (no extra threads), median",
         format!("{:.0} ms", median(&mut idle_whole)),
+    );
+    row(
+        "  the process, start to exit (detach after the report), under fio / idle",
+        format!(
+            "{:.0} / {:.0} ms",
+            median(&mut process),
+            median(&mut idle_process)
+        ),
     );
     row(
         "direct-job IOPS while probes attach or detach",
@@ -575,6 +599,7 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         },
         "whole_swap_median_ms": whole_median,
         "whole_swap_idle_median_ms": idle_whole_median,
+        "swap_process_median_ms": { "under_fio": median(&mut process), "idle": median(&mut idle_process) },
         "direct_iops": { "probes_attaching_or_detaching": iops_probes, "before_first_swap": iops_quiet },
         "livepatch_transition_ms": livepatch.iter().map(|(load, (enables, disables))| {
             (load.to_string(), serde_json::json!({ "enable": enables, "disable": disables }))

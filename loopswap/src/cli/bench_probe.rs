@@ -20,7 +20,10 @@ impl BenchProbeArgs {
     pub fn execute(&self) -> anyhow::Result<()> {
         loopswap::module::check_root()?;
         loopswap::module::check_live(&self.module)?;
-        let mut ebpf = loopswap::counters::load_object()?;
+        // The baseline pair is attached by aya, the way it attaches by
+        // default; the counters' mechanism by loopswap's own loader.
+        let mut ebpf = aya::Ebpf::load(loopswap::counters::OBJECT)?;
+        let object = loopswap::raw_bpf::LoadedObject::load(loopswap::counters::OBJECT, &[])?;
         let mut links = Vec::new();
         let mut multi_links = Vec::new();
         if self.multi {
@@ -35,17 +38,11 @@ impl BenchProbeArgs {
             .find(|function| function.names.contains(&self.function))
             .with_context(|| format!("no function {} in module {}", self.function, self.module))?
             .address;
-            let maps = loopswap::raw_bpf::map_descriptors(&ebpf)?;
+            let programs = object.programs();
             for (name, returns) in [("lsw_noop_enter", false), ("lsw_noop_exit", true)] {
                 multi_links.push(
-                    loopswap::raw_bpf::MultiLink::attach(
-                        loopswap::counters::OBJECT,
-                        &maps,
-                        name,
-                        &[address],
-                        returns,
-                    )
-                    .with_context(|| format!("attaching {name} through kprobe.multi"))?,
+                    loopswap::raw_bpf::MultiLink::attach(&programs, name, &[address], returns)
+                        .with_context(|| format!("attaching {name} through kprobe.multi"))?,
                 );
             }
         }

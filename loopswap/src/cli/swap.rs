@@ -91,7 +91,7 @@ impl SwapArgs {
             .enable_all()
             .build()
             .context("starting the tokio runtime")?;
-        let report = runtime.block_on(swap::run(&options, &mut progress))?;
+        let (report, attached) = runtime.block_on(swap::run(&options, &mut progress))?;
         if json {
             let _ = super::outln!(
                 "{}",
@@ -100,6 +100,8 @@ impl SwapArgs {
         } else {
             let _ = super::outln!("{}", report.to_table().trim_end());
         }
+        // Probes left attached by --keep-old go after the report.
+        drop(attached);
         if !report.succeeded() {
             let Some(failed) = report.instances.iter().find(|instance| !instance.committed) else {
                 return Err(loopswap::Error::SwapFailed(

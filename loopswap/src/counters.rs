@@ -69,8 +69,10 @@ pub struct ModuleWatch {
     probes: Vec<AttachedProbe>,
     /// ...running these programs (entry, return).
     probe_programs: Vec<std::os::fd::OwnedFd>,
-    /// The tick program (see `attach_tick`).
+    /// The tick program (see `attach_tick`), when a task needs it.
     tick: Option<KprobeLink>,
+    /// Why the tick program could not be attached, if it could not.
+    tick_refused: Option<String>,
     module: String,
     functions: Vec<Function>,
     /// Functions the kernel refused a probe on: not counted.
@@ -357,6 +359,7 @@ impl ModuleWatch {
         let mut watch = Self {
             probe_programs: Vec::new(),
             tick: None,
+            tick_refused: None,
             task_scan: None,
             task_scan_refused: None,
             scan_config,
@@ -429,14 +432,18 @@ impl ModuleWatch {
         // the tick path, whose arming and removal cost 100 ms each under
         // emulation. Armed after the seed's reads, it can only have missed
         // user-mode ticks, which proves less, never more.
-        if !watch.seeded.is_empty() || !watch.unresolved.is_empty() {
-            watch.attach_tick()?;
+        // Without it (a kernel without the kprobe PMU) such a thread stays
+        // unknown until a stack read succeeds: slower, as safe.
+        if (!watch.seeded.is_empty() || !watch.unresolved.is_empty())
+            && let Err(why) = watch.attach_tick()
+        {
+            watch.tick_refused = Some(why.to_string());
         }
         drop((func_by_slot, func_by_addr));
         Ok(watch)
     }
 
-    /// The tick program, and the counting programs on every function: one
+    /// The counting programs on every function: one
     /// link per direction for all functions; per-function tracefs probes
     /// where kprobe.multi is missing (no CONFIG_FPROBE) or refuses a
     /// function (it needs every one to be ftrace-able), so that each
@@ -718,7 +725,7 @@ impl ModuleWatch {
 
     /// A thread on a CPU cannot have its stack read, but a timer tick that
     /// finds it in user mode proves it holds no kernel frame: the tick
-    /// program marks such threads (see `resolve`). Detached with the object.
+    /// program marks such threads (see `resolve`). Detached with `tick`.
     fn attach_tick(&mut self) -> Result<(), Error> {
         self.tick = Some(KprobeLink::attach(&self.programs, "lsw_tick", TICK_FUNCTION)?);
         Ok(())
@@ -796,6 +803,12 @@ impl ModuleWatch {
         let probes = match &self.task_scan_refused {
             None => probes,
             Some(why) => format!("{probes}; every /proc stack read (no task iterator: {why})"),
+        };
+        let probes = match &self.tick_refused {
+            None => probes,
+            Some(why) => {
+                format!("{probes}; running threads known only from their stacks (no tick program: {why})")
+            }
         };
         match &self.switches_refused {
             None => probes,

@@ -59,7 +59,7 @@ impl LoadedObject {
         Ok(PartlyLoaded { parsed, maps })
     }
     /// Takes the map `name` out of the object. Programs loaded later still
-    /// use it: they refer to it by descriptor, which the map keeps open.
+    /// use it: they refer to it by a descriptor [`Programs`] keeps open.
     pub fn take_map(&mut self, name: &str) -> Result<Map, Error> {
         self.maps.remove(name).ok_or_else(|| {
             Error::Map(MapError::InvalidName {
@@ -97,7 +97,10 @@ impl PartlyLoaded {
                 maps.insert(name.clone(), create_map(name, definition)?);
             }
         }
-        let descriptors: Vec<(String, RawFd)> = maps
+        // The programs keep descriptors of their own for the maps they
+        // refer to: one loaded after its map was taken and dropped still
+        // gets that map, not whatever reuses the number.
+        let descriptors: Vec<(String, OwnedFd)> = maps
             .iter()
             .map(|(name, map)| map_fd(map).map(|fd| (name.clone(), fd)))
             .collect::<Result<_, _>>()?;
@@ -105,9 +108,11 @@ impl PartlyLoaded {
         let definitions = parsed.maps.clone();
         parsed
             .relocate_maps(
-                descriptors
-                    .iter()
-                    .filter_map(|(name, fd)| definitions.get(name).map(|map| (name.as_str(), *fd, map))),
+                descriptors.iter().filter_map(|(name, fd)| {
+                    definitions
+                        .get(name)
+                        .map(|map| (name.as_str(), fd.as_raw_fd(), map))
+                }),
                 &text_sections,
             )
             .map_err(|err| malformed(err.to_string()))?;
@@ -116,7 +121,10 @@ impl PartlyLoaded {
             .map_err(|err| malformed(err.to_string()))?;
         Ok(LoadedObject {
             maps,
-            programs: Arc::new(Programs(parsed)),
+            programs: Arc::new(Programs {
+                object: parsed,
+                _maps: descriptors.into_iter().map(|(_, fd)| fd).collect(),
+            }),
         })
     }
 }
@@ -130,7 +138,7 @@ fn create_map(name: &str, definition: aya_obj::Map) -> Result<Map, Error> {
     Map::from_map_data(data).map_err(Error::Map)
 }
 
-fn map_fd(map: &Map) -> Result<RawFd, Error> {
+fn map_fd(map: &Map) -> Result<OwnedFd, Error> {
     let data = match map {
         Map::Array(data)
         | Map::HashMap(data)
@@ -143,7 +151,10 @@ fn map_fd(map: &Map) -> Result<RawFd, Error> {
             }));
         }
     };
-    Ok(data.fd().as_fd().as_raw_fd())
+    data.fd().as_fd().try_clone_to_owned().map_err(|cause| Error::Io {
+        path: "a map descriptor (dup)".into(),
+        cause,
+    })
 }
 
 fn malformed(why: String) -> Error {
@@ -153,20 +164,24 @@ fn malformed(why: String) -> Error {
     }
 }
 
-/// Every program of the object, its map references and calls resolved.
+/// Every program of the object, its map references and calls resolved,
+/// and the maps they refer to, held open.
 #[derive(Debug)]
-pub struct Programs(aya_obj::Object);
+pub struct Programs {
+    object: aya_obj::Object,
+    _maps: Vec<OwnedFd>,
+}
 
 impl Programs {
     /// Loads `program` as `how` says.
     pub fn load(&self, program: &str, how: LoadAs) -> Result<OwnedFd, Error> {
         let key = self
-            .0
+            .object
             .programs
             .get(program)
             .ok_or_else(|| malformed(format!("no program {program}")))?
             .function_key();
-        load(&self.0.functions[&key].instructions, program, how)
+        load(&self.object.functions[&key].instructions, program, how)
     }
 }
 

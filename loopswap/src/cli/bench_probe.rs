@@ -22,10 +22,10 @@ impl BenchProbeArgs {
         loopswap::module::check_live(&self.module)?;
         // The baseline pair is attached by aya, the way it attaches by
         // default; the counters' mechanism by loopswap's own loader.
-        let mut ebpf = aya::Ebpf::load(loopswap::counters::OBJECT)?;
-        let object = loopswap::raw_bpf::LoadedObject::load(loopswap::counters::OBJECT, &[])?;
         let mut links = Vec::new();
         let mut multi_links = Vec::new();
+        // Kept until the end: the kprobes' programs are aya's.
+        let mut ebpf = None;
         if self.multi {
             let symbols =
                 loopswap::kallsyms::module_symbols(&self.module).context("reading /proc/kallsyms")?;
@@ -38,30 +38,27 @@ impl BenchProbeArgs {
             .find(|function| function.names.contains(&self.function))
             .with_context(|| format!("no function {} in module {}", self.function, self.module))?
             .address;
-            let programs = object.programs();
+            let programs = loopswap::raw_bpf::LoadedObject::load(loopswap::counters::OBJECT, &[])?.programs();
             for (name, returns) in [("lsw_noop_enter", false), ("lsw_noop_exit", true)] {
                 multi_links.push(
                     loopswap::raw_bpf::MultiLink::attach(&programs, name, &[address], returns)
                         .with_context(|| format!("attaching {name} through kprobe.multi"))?,
                 );
             }
-        }
-        let kprobe_names: &[&str] = if self.multi {
-            &[]
         } else {
-            &["lsw_noop_enter", "lsw_noop_exit"]
-        };
-        for name in kprobe_names {
-            let program: &mut KProbe = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            program.load()?;
-            links.push(
-                program
-                    .attach(&self.function, 0)
-                    .with_context(|| format!("attaching {name}"))?,
-            );
+            let ebpf = ebpf.insert(aya::Ebpf::load(loopswap::counters::OBJECT)?);
+            for name in ["lsw_noop_enter", "lsw_noop_exit"] {
+                let program: &mut KProbe = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing from the eBPF object"))?
+                    .try_into()?;
+                program.load()?;
+                links.push(
+                    program
+                        .attach(&self.function, 0)
+                        .with_context(|| format!("attaching {name}"))?,
+                );
+            }
         }
         println!("attached to {}:{}", self.module, self.function);
         tokio::runtime::Builder::new_current_thread()
@@ -78,6 +75,7 @@ impl BenchProbeArgs {
             })?;
         drop(links);
         drop(multi_links);
+        drop(ebpf);
         Ok(())
     }
 }

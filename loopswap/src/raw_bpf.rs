@@ -517,3 +517,35 @@ fn bpf_new_fd(command: bpf_cmd, attr: &mut bpf_attr, what: &str) -> Result<Owned
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _};
+
+    use crate::counters::OBJECT;
+
+    #[test]
+    fn the_embedded_object_has_every_program_and_map_and_no_dwarf() {
+        let file = object::File::parse(OBJECT).expect("the embedded object is ELF");
+        let dwarf: Vec<&str> = file
+            .sections()
+            .filter_map(|section| section.name().ok())
+            .filter(|name| name.starts_with(".debug") || name.starts_with(".rel.debug"))
+            .collect();
+        assert!(dwarf.is_empty(), "DWARF left in the embedded object: {dwarf:?}");
+        let parsed = aya_obj::Object::parse(OBJECT).expect("aya-obj parses the embedded object");
+        for program in [
+            "lsw_enter",
+            "lsw_exit",
+            "lsw_tick",
+            "lsw_switch",
+            "lsw_scan_tasks",
+            "lsw_noop_enter",
+            "lsw_noop_exit",
+        ] {
+            assert!(parsed.programs.contains_key(program), "no program {program}");
+        }
+        assert_eq!(parsed.maps.len(), 16, "maps: {:?}", parsed.maps.keys());
+        assert!(parsed.maps.values().all(|map| map.data().is_empty()));
+    }
+}

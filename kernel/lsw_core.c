@@ -86,7 +86,6 @@ struct lsw_swap {
 	s64 held_before;
 	unsigned long deadline;		/* jiffies */
 	u64 gen;			/* inst->swap_gen while this swap lives */
-	unsigned long drain_cookie;	/* the SRCU grace period drain waits for */
 };
 
 struct lsw_handle {
@@ -667,16 +666,6 @@ static int cmd_begin(struct lsw_handle *h, struct lsw_instance *inst, const char
 	WRITE_ONCE(inst->gate_closed, true);
 	/* Order the gate before whatever the controller reads next. */
 	smp_mb();
-	/*
-	 * The drain's grace period starts now, not a controller round trip
-	 * later. Taken after the gate closed, the cookie covers every call
-	 * that passed the gate: a reader that locks after it sees the gate
-	 * closed (lsw_enter() locks, then looks).
-	 */
-	swap->drain_cookie = get_state_synchronize_srcu(&inst->srcu);
-	kref_get(&inst->ref);
-	if (!queue_work(lsw_expedite_wq, &inst->expedite_work))
-		instance_put(inst);	/* queued already: that one expedites */
 	mod_delayed_work(lsw_deadline_wq, &inst->deadline_work, msecs_to_jiffies(timeout_ms));
 	reply(h, "ok gated %s -> %s deadline_ms=%u\n", swap->from->name, to->name, timeout_ms);
 	mutex_unlock(&inst->swap_lock);
@@ -720,12 +709,13 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 	gen = swap->gen;
 	started = ktime_get();
 	/*
-	 * begin took the cookie and queued the expedite work, which runs after
-	 * it and so ends a grace period that covers it (one started here
-	 * would be a normal one, whose first scan waits a jiffy even once
-	 * expedited).
+	 * The expedite work starts the grace period: one started here would
+	 * be a normal one, whose first scan waits a jiffy even once expedited.
 	 */
-	cookie = swap->drain_cookie;
+	cookie = get_state_synchronize_srcu(&inst->srcu);
+	kref_get(&inst->ref);
+	if (!queue_work(lsw_expedite_wq, &inst->expedite_work))
+		instance_put(inst);	/* queued already: that one expedites */
 	mutex_unlock(&inst->swap_lock);
 
 	while (!poll_state_synchronize_srcu(&inst->srcu, cookie)) {
@@ -1122,8 +1112,7 @@ static int __init lsw_core_init(void)
 	lsw_deadline_wq = alloc_workqueue("lsw_deadline", WQ_MEM_RECLAIM, 0);
 	if (!lsw_deadline_wq)
 		return -ENOMEM;
-	/* Highpri: every microsecond it waits for a CPU, the gate is closed. */
-	lsw_expedite_wq = alloc_workqueue("lsw_expedite", WQ_UNBOUND | WQ_HIGHPRI, 0);
+	lsw_expedite_wq = alloc_workqueue("lsw_expedite", WQ_UNBOUND, 0);
 	if (!lsw_expedite_wq) {
 		ret = -ENOMEM;
 		goto free_deadline;

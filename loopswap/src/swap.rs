@@ -540,8 +540,8 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapR
 
 /// The probes a swap leaves attached after its report: with `--keep-old`
 /// no unload waits for them, and their release (per kprobe.multi link an
-/// ftrace update and an RCU-tasks grace period, about 0.3 s under
-/// emulation) does not delay the report. Released when dropped.
+/// ftrace update and an RCU-tasks grace period; about 0.3 s for the two
+/// under emulation) does not delay the report. Released when dropped.
 #[derive(Default)]
 pub struct Attached {
     _watches: HashMap<String, Counters>,

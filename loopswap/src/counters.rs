@@ -26,7 +26,7 @@ use crate::{
     Error,
     kallsyms::{self, Function, Scope},
     module,
-    raw_bpf::{self, KprobeLink, LoadAs, LoadedObject, MultiLink, Programs, RawTracepointLink, TaskIterator},
+    raw_bpf::{self, KprobeLink, LoadAs, LoadedObject, MultiLink, RawTracepointLink, TaskIterator},
     snapshot::{FunctionCount, InstanceCount, Snapshot},
     stacks::{self, Stack, TaskId},
     time_in_flight::{self, Estimate, TimeSummary},
@@ -121,9 +121,8 @@ pub struct ModuleWatch {
     narrow_check: Option<NarrowCheck>,
     /// How the last stack check went.
     last_stack_check: Option<StackCheck>,
-    /// The maps no field holds yet.
+    /// The maps no field holds yet, and the programs.
     object: LoadedObject,
-    programs: std::sync::Arc<Programs>,
 }
 
 /// How a stack check chose the tasks it read, and how many it read.
@@ -305,11 +304,8 @@ impl ModuleWatch {
             if time_in_flight { functions.len() as u32 } else { 1 },
             slots.as_ref().map_or(1, |(_, table)| table.len() as u32),
         ];
-        let mut ebpf = object?.finish(&[
-            (SIZED_BY_FUNCTIONS[0], sizes[0]),
-            (SIZED_BY_FUNCTIONS[1], sizes[1]),
-        ])?;
-        let programs = ebpf.programs();
+        let sized: Vec<(&str, u32)> = SIZED_BY_FUNCTIONS.into_iter().zip(sizes).collect();
+        let mut ebpf = object?.finish(&sized)?;
         let info = |index: usize| {
             let function = &functions[index];
             let flags = if options.attribute_instances && function.exported {
@@ -390,7 +386,6 @@ impl ModuleWatch {
             multi_refused: None,
             max_active: options.max_active,
             object: ebpf,
-            programs,
         };
         // Stacks show names only: functions sharing a name (static helpers
         // of different files) are one group there, under its first index.
@@ -409,7 +404,7 @@ impl ModuleWatch {
         // iterator is verified beside arming the probes (both take a CPU
         // for tens of milliseconds, neither needs the other).
         let scan_btf_id = task_scan_btf.and_then(|btf| watch.configure_task_scan(&btf));
-        let programs = std::sync::Arc::clone(&watch.programs);
+        let programs = std::sync::Arc::clone(watch.object.programs());
         let (iterator, armed) = std::thread::scope(|scope| {
             let iterator = scan_btf_id
                 .map(|btf_id| scope.spawn(move || TaskIterator::load(&programs, SCAN_PROGRAM, btf_id)));
@@ -429,8 +424,8 @@ impl ModuleWatch {
         watch.seed()?;
         // The tick program serves only threads seeded or unresolved now
         // (no later stack read adds one): most attaches need no kprobe on
-        // the tick path, whose arming and removal cost 100 ms each under
-        // emulation. Armed after the seed's reads, it can only have missed
+        // the tick path, which costs about 100 ms to arm and 70 ms to
+        // remove under emulation. Armed after the seed's reads, it can only have missed
         // user-mode ticks, which proves less, never more.
         // Without it (a kernel without the kprobe PMU) such a thread stays
         // unknown until a stack read succeeds: slower, as safe.
@@ -455,7 +450,7 @@ impl ModuleWatch {
             // Loaded only here: kprobe.multi loads its own copies.
             self.probe_programs = PROGRAMS
                 .iter()
-                .map(|name| self.programs.load(name, LoadAs::Kprobe))
+                .map(|name| self.object.programs().load(name, LoadAs::Kprobe))
                 .collect::<Result<_, _>>()?;
             self.attach_all(max_active)?;
         }
@@ -665,7 +660,7 @@ impl ModuleWatch {
             inside: BpfHashMap::try_from(self.object.take_map("SWITCHED_INSIDE")?)?,
             removed_here: 0,
             added_here: 0,
-            link: RawTracepointLink::attach(&self.programs, SWITCH_PROGRAM, c"sched_switch")?,
+            link: RawTracepointLink::attach(self.object.programs(), SWITCH_PROGRAM, c"sched_switch")?,
         })
     }
 
@@ -727,7 +722,11 @@ impl ModuleWatch {
     /// finds it in user mode proves it holds no kernel frame: the tick
     /// program marks such threads (see `resolve`). Detached with `tick`.
     fn attach_tick(&mut self) -> Result<(), Error> {
-        self.tick = Some(KprobeLink::attach(&self.programs, "lsw_tick", TICK_FUNCTION)?);
+        self.tick = Some(KprobeLink::attach(
+            self.object.programs(),
+            "lsw_tick",
+            TICK_FUNCTION,
+        )?);
         Ok(())
     }
 
@@ -782,13 +781,14 @@ impl ModuleWatch {
             .cycle()
             .take(addresses.len() * copies)
             .collect();
-        let returns = match MultiLink::attach(&self.programs, PROGRAMS[1], &padded, true) {
+        let programs = self.object.programs();
+        let returns = match MultiLink::attach(programs, PROGRAMS[1], &padded, true) {
             Ok(link) => link,
             // A kernel that refuses repeated addresses: the smaller pool.
-            Err(_) if copies > 1 => MultiLink::attach(&self.programs, PROGRAMS[1], &addresses, true)?,
+            Err(_) if copies > 1 => MultiLink::attach(programs, PROGRAMS[1], &addresses, true)?,
             Err(err) => return Err(err),
         };
-        let entries = MultiLink::attach(&self.programs, PROGRAMS[0], &addresses, false)?;
+        let entries = MultiLink::attach(programs, PROGRAMS[0], &addresses, false)?;
         self.links = vec![entries, returns];
         self.unprobed = exits;
         Ok(())

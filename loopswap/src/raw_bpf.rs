@@ -58,6 +58,7 @@ impl LoadedObject {
         }
         Ok(PartlyLoaded { parsed, maps })
     }
+
     /// Takes the map `name` out of the object. Programs loaded later still
     /// use it: they refer to it by a descriptor [`Programs`] keeps open.
     pub fn take_map(&mut self, name: &str) -> Result<Map, Error> {
@@ -68,10 +69,10 @@ impl LoadedObject {
         })
     }
 
-    /// The programs, resolved against this object's maps: whoever loads
-    /// one must keep the maps it uses open.
-    pub fn programs(&self) -> Arc<Programs> {
-        Arc::clone(&self.programs)
+    /// The programs, resolved against this object's maps (which they
+    /// hold open).
+    pub fn programs(&self) -> &Arc<Programs> {
+        &self.programs
     }
 }
 
@@ -102,7 +103,7 @@ impl PartlyLoaded {
         // gets that map, not whatever reuses the number.
         let descriptors: Vec<(String, OwnedFd)> = maps
             .iter()
-            .map(|(name, map)| map_fd(map).map(|fd| (name.clone(), fd)))
+            .map(|(name, map)| map_fd(name, map).map(|fd| (name.clone(), fd)))
             .collect::<Result<_, _>>()?;
         let text_sections: HashSet<usize> = parsed.functions.keys().map(|(section, _)| *section).collect();
         let definitions = parsed.maps.clone();
@@ -138,7 +139,8 @@ fn create_map(name: &str, definition: aya_obj::Map) -> Result<Map, Error> {
     Map::from_map_data(data).map_err(Error::Map)
 }
 
-fn map_fd(map: &Map) -> Result<OwnedFd, Error> {
+/// A descriptor of its own for the map `name`.
+fn map_fd(name: &str, map: &Map) -> Result<OwnedFd, Error> {
     let data = match map {
         Map::Array(data)
         | Map::HashMap(data)
@@ -147,12 +149,12 @@ fn map_fd(map: &Map) -> Result<OwnedFd, Error> {
         | Map::RingBuf(data) => data,
         _ => {
             return Err(Error::Map(MapError::InvalidName {
-                name: "a map of a type loopswap does not expect".into(),
+                name: format!("{name} (a map type loopswap does not expect)"),
             }));
         }
     };
     data.fd().as_fd().try_clone_to_owned().map_err(|cause| Error::Io {
-        path: "a map descriptor (dup)".into(),
+        path: format!("map {name} (dup of its descriptor)").into(),
         cause,
     })
 }
@@ -237,10 +239,7 @@ impl MultiLink {
         object_info(self.link.as_fd(), &mut info)?;
         // SAFETY: a kprobe.multi link fills the kprobe_multi member.
         let link_missed = unsafe { info.__bindgen_anon_1.kprobe_multi.missed };
-        // SAFETY: plain old data; zero is valid.
-        let mut program: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-        object_info(self.program.as_fd(), &mut program)?;
-        Ok((link_missed, program.recursion_misses))
+        Ok((link_missed, recursion_misses(self.program.as_fd())?))
     }
 }
 
@@ -416,7 +415,6 @@ pub enum LoadAs {
 
 /// Loads `instructions` (of the program `program`) as `how` says.
 fn load(instructions: &[bpf_insn], program: &str, how: LoadAs) -> Result<OwnedFd, Error> {
-    let mut log = vec![0u8; 1 << 16];
     let mut name = [0 as std::ffi::c_char; 16];
     for (slot, byte) in name.iter_mut().zip(program.bytes().take(15)) {
         *slot = byte as std::ffi::c_char;
@@ -453,6 +451,7 @@ fn load(instructions: &[bpf_insn], program: &str, how: LoadAs) -> Result<OwnedFd
     if let Ok(fd) = bpf_new_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr, what) {
         return Ok(fd);
     }
+    let mut log = vec![0u8; 1 << 16];
     // SAFETY: writing the prog-load member of the union set up above.
     let load = unsafe { &mut attr.__bindgen_anon_3 };
     load.log_level = 1;

@@ -38,10 +38,11 @@ impl BenchProbeArgs {
             .find(|function| function.names.contains(&self.function))
             .with_context(|| format!("no function {} in module {}", self.function, self.module))?
             .address;
-            let programs = loopswap::raw_bpf::LoadedObject::load(loopswap::counters::OBJECT, &[])?.programs();
+            let object = loopswap::raw_bpf::LoadedObject::load(loopswap::counters::OBJECT, &[])?;
+            let programs = object.programs();
             for (name, returns) in [("lsw_noop_enter", false), ("lsw_noop_exit", true)] {
                 multi_links.push(
-                    loopswap::raw_bpf::MultiLink::attach(&programs, name, &[address], returns)
+                    loopswap::raw_bpf::MultiLink::attach(programs, name, &[address], returns)
                         .with_context(|| format!("attaching {name} through kprobe.multi"))?,
                 );
             }

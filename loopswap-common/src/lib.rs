@@ -7,8 +7,27 @@
 /// Most functions one watch can probe; bounds the per-function arrays.
 pub const MAX_FUNCTIONS: u32 = 4096;
 
-/// Most (thread, function) pairs tracked at once; bounds the in-flight map.
-pub const MAX_INFLIGHT_ENTRIES: u32 = 65536;
+/// Distinct functions one thread can be counted inside at once (nested
+/// frames of one function share a slot). A thread nested deeper has its
+/// extra frames counted as not recorded (`event::FRAMES_NOT_RECORDED`).
+pub const FRAMES_PER_TASK: usize = 8;
+
+/// Instances with a frame counter of their own in `FRAMES_BY_INSTANCE`
+/// (ids below this; the swap core allocates the lowest free id). Frames of
+/// any other id count against every instance.
+pub const MAX_COUNTED_INSTANCES: u32 = 4095;
+
+/// The `FRAMES_BY_INSTANCE` slot that counts frames serving `instance`:
+/// slot 0 counts every frame that serves no known instance
+/// ([`NO_INSTANCE`], [`MIXED_INSTANCES`], ids past the table).
+#[inline(always)]
+pub fn frames_slot(instance: u32) -> u32 {
+    if instance < MAX_COUNTED_INSTANCES {
+        instance + 1
+    } else {
+        0
+    }
+}
 
 /// Most threads with unreadable stacks followed at once (`USER_TICKS`).
 pub const MAX_UNREAD_THREADS: u32 = 16384;
@@ -17,12 +36,13 @@ pub const MAX_UNREAD_THREADS: u32 = 16384;
 /// whether it was in user mode: `account_process_tick(p, user_tick)`.
 pub const TICK_FUNCTION: &str = "account_process_tick";
 
-/// The key of the in-flight map: one thread inside one probed function.
+/// One thread inside one probed function, as the frame listing names it.
 ///
 /// Only the thread itself (on whichever CPU it runs) ever changes its own
-/// entry, so the eBPF side needs no atomics on it. Interrupt context that
-/// runs on the idle task (pid 0 on every CPU) uses [`IDLE_TID_FLAG`]` | cpu`
-/// instead, keeping that single-writer rule.
+/// frames, so the eBPF side needs no atomics on them. Interrupt context
+/// that runs on the idle task (pid 0 on every CPU, which the task iterator
+/// does not visit) keeps its frames per CPU and is listed as
+/// [`IDLE_TID_FLAG`]` | cpu`, keeping that single-writer rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InflightKey {
@@ -32,7 +52,7 @@ pub struct InflightKey {
     pub func: u32,
 }
 
-/// The value of the in-flight map.
+/// The frames of one function that one thread is inside.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InflightValue {
@@ -46,6 +66,55 @@ pub struct InflightValue {
     /// CLOCK_MONOTONIC), or 0 when time in flight is not being measured.
     pub entered_ns: u64,
 }
+
+/// One slot of a thread's task-local frames (`TASK_FRAMES`): a function
+/// and the frames of it the thread is inside (none when `value.depth` is
+/// 0, and the slot is free).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskFrame {
+    pub func: u32,
+    pub pad: u32,
+    pub value: InflightValue,
+}
+
+/// Every function one thread is inside: the value of `TASK_FRAMES` (and of
+/// the per-CPU `IDLE_FRAMES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskFrames {
+    pub frames: [TaskFrame; FRAMES_PER_TASK],
+}
+
+impl TaskFrames {
+    pub const ZERO: Self = Self {
+        frames: [TaskFrame {
+            func: 0,
+            pad: 0,
+            value: InflightValue {
+                depth: 0,
+                instance: 0,
+                entered_ns: 0,
+            },
+        }; FRAMES_PER_TASK],
+    };
+}
+
+/// One record of the frame listing (`lsw_list_frames`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRecord {
+    pub key: InflightKey,
+    pub value: InflightValue,
+}
+
+/// The helper number the eBPF programs call in place of the kfunc
+/// `bpf_session_is_return()` (Linux 6.10); the loader rewrites each such
+/// call into a call of the kfunc (no helper has a number anywhere near
+/// it).
+pub const KFUNC_SESSION_IS_RETURN: u32 = 0x7ff0_0001;
+/// The same for the kfunc `bpf_session_cookie()`.
+pub const KFUNC_SESSION_COOKIE: u32 = 0x7ff0_0002;
 
 /// Buckets of a time-in-flight histogram: bucket `b` counts calls that
 /// stayed inside for `[2^b, 2^(b+1))` ns (bucket 0 also counts 0 ns); the
@@ -140,8 +209,11 @@ pub const IDLE_TID_FLAG: u32 = 0x8000_0000;
 /// Slots of the per-CPU `EVENTS` array: events the probes could not account
 /// for, or accounted for specially. Userspace sums them over CPUs.
 pub mod event {
-    /// An entry could not be recorded because the in-flight map was full.
-    pub const INFLIGHT_MAP_FULL: u32 = 0;
+    /// A frame could not be recorded: its thread was already inside
+    /// `FRAMES_PER_TASK` other functions, or its task-local storage could
+    /// not be made (no memory, or another BPF program using task storage
+    /// on that CPU).
+    pub const FRAMES_NOT_RECORDED: u32 = 0;
     /// A return arrived with no recorded entry: the thread entered between
     /// the return probe and the entry probe being attached. Such threads are
     /// found on the kernel stacks at attach time, so this is not a miss.
@@ -167,14 +239,12 @@ pub mod event {
 /// instant (the walk that would tell, a syscall per entry after a scan of
 /// every bucket, is then skipped).
 pub mod live {
-    /// Entries of `INFLIGHT` (only the probes change that map).
-    pub const INFLIGHT: u32 = 0;
     /// Entries the switch program added to `SWITCHED_INSIDE`, less those
     /// it removed; userspace adds the ones it added and subtracts the ones
     /// it removed (modulo 2^64: the raw slot may read "negative").
-    pub const SWITCHED: u32 = 1;
+    pub const SWITCHED: u32 = 0;
     /// Number of slots.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 1;
 }
 
 /// Frames of a kernel stack the task scan looks at: as many as
@@ -239,6 +309,13 @@ mod pod {
     unsafe impl aya::Pod for super::InflightValue {}
     // SAFETY: u64 fields only, every bit pattern valid.
     unsafe impl aya::Pod for super::TimeHistogram {}
+    // SAFETY: four u32 fields then a u64 (24 bytes), no padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for super::TaskFrame {}
+    // SAFETY: an array of TaskFrame, no padding.
+    unsafe impl aya::Pod for super::TaskFrames {}
+    // SAFETY: two u32, two u32 and a u64 (24 bytes), no padding.
+    unsafe impl aya::Pod for super::FrameRecord {}
     // SAFETY: two u32 fields, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::FunctionInfo {}
     // SAFETY: four u32 fields, no padding, every bit pattern valid.
@@ -257,6 +334,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<TimeHistogram>(), (TIME_BUCKETS + 1) * 8);
         assert_eq!(core::mem::size_of::<FunctionInfo>(), 8);
         assert_eq!(core::mem::size_of::<ScanRecord>(), 16);
+        assert_eq!(core::mem::size_of::<TaskFrame>(), 24);
+        assert_eq!(core::mem::size_of::<TaskFrames>(), 24 * FRAMES_PER_TASK);
+        assert_eq!(core::mem::size_of::<FrameRecord>(), 24);
+        assert_eq!(frames_slot(0), 1);
+        assert_eq!(frames_slot(NO_INSTANCE), 0);
+        assert_eq!(frames_slot(MIXED_INSTANCES), 0);
+        assert_eq!(frames_slot(MAX_COUNTED_INSTANCES), 0);
     }
 
     #[test]

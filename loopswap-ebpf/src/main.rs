@@ -2,7 +2,9 @@
 //!
 //! `lsw_enter` runs on a kprobe at a function's entry and `lsw_exit` on a
 //! kretprobe at its return; both find the function from the probed address
-//! (`bpf_get_func_ip`), so one program pair serves every function.
+//! (`bpf_get_func_ip`), so one program pair serves every function. Each
+//! thread's frames are kept in the thread's own task-local storage, and a
+//! count of frames per instance beside them.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -11,32 +13,36 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::task_struct,
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_func_ip, bpf_get_stack, bpf_get_task_stack, bpf_seq_write},
+        generated::{
+            bpf_get_current_task_btf, bpf_get_func_ip, bpf_get_stack, bpf_get_task_stack, bpf_seq_write,
+            bpf_task_storage_get,
+        },
     },
-    macros::{kprobe, kretprobe, map, raw_tracepoint},
+    macros::{btf_map, kprobe, kretprobe, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use loopswap_common::{
-    CONFIG_NOTIFY_LEFT, CONFIG_SLOT_BASE, CONFIG_TIME_IN_FLIGHT, COUNTER_CONFIG_SLOTS,
-    FUNCTION_INSTANCE_ENTRY, FUNCTION_KNOWN, FUNCTION_SLOT_SHIFT, FunctionInfo, IDLE_TID_FLAG, InflightKey,
-    InflightValue, MAX_FUNCTION_SLOTS, MAX_FUNCTIONS, MAX_INFLIGHT_ENTRIES, MAX_TIMED_INSTANCES,
-    MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE, SCAN_CONFIG_SLOTS, SCAN_IN_MODULE, SCAN_MAX_CLEAN,
-    SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
-    SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
-    SCAN_TGID_OFFSET, SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, SWITCH_MAX_FRAMES, SWITCH_MAX_INSIDE, ScanRecord,
-    TimeHistogram, event, live, time_bucket,
+    CONFIG_NOTIFY_LEFT, CONFIG_SLOT_BASE, CONFIG_TIME_IN_FLIGHT, COUNTER_CONFIG_SLOTS, FRAMES_PER_TASK,
+    FUNCTION_INSTANCE_ENTRY, FUNCTION_KNOWN, FUNCTION_SLOT_SHIFT, FrameRecord, FunctionInfo, IDLE_TID_FLAG,
+    InflightKey, InflightValue, KFUNC_SESSION_COOKIE, KFUNC_SESSION_IS_RETURN, MAX_COUNTED_INSTANCES,
+    MAX_FUNCTION_SLOTS, MAX_FUNCTIONS, MAX_TIMED_INSTANCES, MAX_UNREAD_THREADS, MIXED_INSTANCES, NO_INSTANCE,
+    SCAN_CONFIG_SLOTS, SCAN_IN_MODULE, SCAN_MAX_CLEAN, SCAN_MAX_FRAMES, SCAN_NIVCSW_OFFSET,
+    SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET,
+    SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE,
+    SCAN_WATCH_SWITCHES, SWITCH_MAX_FRAMES, SWITCH_MAX_INSIDE, ScanRecord, TaskFrame, TaskFrames,
+    TimeHistogram, event, frames_slot, live, time_bucket,
 };
 
 // Hash maps that only userspace, a scan or the switch program fill
 // (FUNC_BY_ADDR, USER_TICKS, SCAN_CLEAN, SWITCHED_INSIDE) are allocated as
 // they fill (`BPF_F_NO_PREALLOC`): preallocated, these four held about 7 MB
 // of kernel memory for every watch, used or not. A failed insert is safe in
-// each (see where each is written). The in-flight map, written on every
-// call, stays preallocated.
+// each (see where each is written). The counting itself inserts into no
+// hash map: a thread's frames live in its task-local storage.
 
 /// Function entry address (and entry+4 past an ENDBR) → function index.
 #[map]
@@ -48,9 +54,76 @@ static FUNC_BY_ADDR: HashMap<u64, FunctionInfo> =
 #[map]
 static FUNC_BY_SLOT: Array<FunctionInfo> = Array::with_max_entries(MAX_FUNCTION_SLOTS, 0);
 
-/// (thread, function) → frames of that function the thread is inside now.
+/// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`), defined in the
+/// BTF form the kernel requires of it (aya-ebpf 0.2 has no such type): the
+/// loader reads its type, key, value and flags from these fields' types.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; aya_ebpf::bindings::bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders the loader reads as BTF; nothing
+// dereferences them.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// `task`'s value, made (zeroed) first if `create` and it has none.
+    ///
+    /// # Safety
+    /// `task` is a task pointer the verifier knows as one.
+    #[inline(always)]
+    unsafe fn get(&self, task: *mut task_struct, create: bool) -> *mut T {
+        let flags = if create {
+            u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE)
+        } else {
+            0
+        };
+        // SAFETY: a map of this object and a task pointer (see above).
+        unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                task,
+                core::ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast()
+    }
+}
+
+/// Each thread's frames inside the module, stored with the thread itself:
+/// finding them is a pointer walk from the task, not a hash lookup, and
+/// entering or leaving a function inserts and deletes nothing (a thread's
+/// value is made at its first call and freed with the thread, or the map).
+#[btf_map]
+static TASK_FRAMES: TaskStorage<TaskFrames> = TaskStorage::new();
+
+/// The frames of interrupts that run on the idle task (pid 0 on every CPU,
+/// which the task iterator does not visit), per CPU.
 #[map]
-static INFLIGHT: HashMap<InflightKey, InflightValue> = HashMap::with_max_entries(MAX_INFLIGHT_ENTRIES, 0);
+static IDLE_FRAMES: PerCpuArray<TaskFrames> = PerCpuArray::with_max_entries(1, 0);
+
+/// Frames inside the module by the instance they serve (`frames_slot`):
+/// the count a swap's quiescence reads, without listing threads. Changed
+/// with atomic adds, before a frame is recorded and after it is cleared,
+/// so that it is never below the frames recorded; userspace maps it
+/// (`BPF_F_MMAPABLE`) and reads it with no syscall.
+#[map]
+static FRAMES_BY_INSTANCE: Array<u64> = Array::with_max_entries(MAX_COUNTED_INSTANCES + 1, BPF_F_MMAPABLE);
 
 /// One record (the instance id) each time a thread leaves a function
 /// entirely: wakes a controller waiting for quiescence without polling.
@@ -88,11 +161,11 @@ static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event::COUNT, 0)
 #[map]
 static LIVE: Array<u64> = Array::with_max_entries(live::COUNT, 0);
 
-/// Adds `delta` (wrapping: -1 as `u64::MAX`) to a live count with one
+/// Adds `delta` (wrapping: -1 as `u64::MAX`) to a shared count with one
 /// atomic add (the BPF target has no `AtomicU64::fetch_add`).
 #[inline(always)]
-fn live_add(slot: u32, delta: u64) {
-    if let Some(count) = LIVE.get_ptr_mut(slot) {
+fn count_add(counts: &Array<u64>, slot: u32, delta: u64) {
+    if let Some(count) = counts.get_ptr_mut(slot) {
         // SAFETY: an 8-byte aligned map value that lives as long as the map;
         // every writer uses atomic adds.
         unsafe {
@@ -101,6 +174,17 @@ fn live_add(slot: u32, delta: u64) {
             )
         };
     }
+}
+
+#[inline(always)]
+fn live_add(slot: u32, delta: u64) {
+    count_add(&LIVE, slot, delta);
+}
+
+/// Adds `delta` frames to those serving `instance`.
+#[inline(always)]
+fn frames_add(instance: u32, delta: u64) {
+    count_add(&FRAMES_BY_INSTANCE, frames_slot(instance), delta);
 }
 
 #[inline(always)]
@@ -193,9 +277,109 @@ fn current_key(ctx: *mut core::ffi::c_void) -> Option<(InflightKey, u32)> {
 
 #[kprobe]
 pub fn lsw_enter(ctx: ProbeContext) -> u32 {
-    let Some((key, flags)) = current_key(ctx.as_ptr()) else {
+    enter(&ctx);
+    0
+}
+
+#[kretprobe]
+pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
+    exit(ctx.as_ptr());
+    0
+}
+
+/// Entries and returns in one program on one kprobe.session link (Linux
+/// 6.10+): one fprobe on the module's functions instead of two, so one
+/// ftrace update to attach or detach, and each call passes one ftrace
+/// callback instead of a list of two. The return part runs only for the
+/// entries that recorded a frame, and finds that frame from the call's
+/// session cookie instead of looking the function and slot up again.
+#[kprobe]
+pub fn lsw_session(ctx: ProbeContext) -> u32 {
+    // SAFETY: kfuncs of kprobe.session programs (see `kfunc`).
+    let cookie = unsafe { kfunc::<*mut u64>(KFUNC_SESSION_COOKIE) };
+    if unsafe { kfunc::<u64>(KFUNC_SESSION_IS_RETURN) } & 0xff != 0 {
+        // SAFETY: the call's own 8 bytes, which the kernel gives every
+        // session program (null-checked all the same).
+        match unsafe { cookie.as_ref() }
+            .copied()
+            .and_then(FrameCookie::from_bits)
+        {
+            Some(recorded) => exit_recorded(ctx.as_ptr(), recorded),
+            None => exit(ctx.as_ptr()),
+        }
         return 0;
-    };
+    }
+    match enter(&ctx) {
+        Some(recorded) => {
+            // SAFETY: as above.
+            if let Some(cookie) = unsafe { cookie.as_mut() } {
+                *cookie = recorded.bits();
+            }
+            // 0: run this program again at the function's return.
+            0
+        }
+        None => 1,
+    }
+}
+
+/// A kfunc called through a placeholder helper number `id` that the loader
+/// rewrites into the kfunc's call (by its BTF id in the kernel's BTF):
+/// neither aya-ebpf 0.2 nor bpf-linker can emit a kfunc call (aya#432,
+/// bpf-linker#317).
+///
+/// # Safety
+/// `id` is one of the `KFUNC_*` placeholders, the kfunc takes no
+/// arguments, and `T` is (a widening of) what it returns; a `bool` return
+/// defines only the low byte.
+#[inline(always)]
+unsafe fn kfunc<T>(id: u32) -> T {
+    // SAFETY: see above.
+    let call: unsafe extern "C" fn() -> T = unsafe { core::mem::transmute(id as usize) };
+    // SAFETY: see above.
+    unsafe { call() }
+}
+
+/// Where an entry recorded its frame, kept in the call's session cookie
+/// for its return: the slot, the function and whether the frames are the
+/// idle task's (per CPU). The kernel does not clear a cookie: a return
+/// whose entry did not run (a recursion miss, counted) may read an older
+/// call's, so the slot is checked against the function before use.
+#[derive(Clone, Copy)]
+struct FrameCookie {
+    slot: u32,
+    func: u32,
+    idle: bool,
+}
+
+impl FrameCookie {
+    const VALID: u64 = 1 << 63;
+    const IDLE: u64 = 1 << 62;
+
+    fn bits(self) -> u64 {
+        Self::VALID
+            | if self.idle { Self::IDLE } else { 0 }
+            | (u64::from(self.func) << 8)
+            | u64::from(self.slot)
+    }
+
+    fn from_bits(bits: u64) -> Option<Self> {
+        let slot = (bits & 0xff) as u32;
+        if bits & Self::VALID == 0 || slot as usize >= FRAMES_PER_TASK {
+            return None;
+        }
+        Some(Self {
+            slot,
+            func: (bits >> 8) as u32,
+            idle: bits & Self::IDLE != 0,
+        })
+    }
+}
+
+/// Counts the current thread into the probed function; where the frame
+/// was recorded, if it was (a return to match is expected).
+#[inline(always)]
+fn enter(ctx: &ProbeContext) -> Option<FrameCookie> {
+    let (key, flags) = current_key(ctx.as_ptr())?;
     bump(&CALLS, key.func);
     let instance = if flags & FUNCTION_INSTANCE_ENTRY != 0 {
         // The first argument points at a struct lsw_instance; its first
@@ -214,65 +398,132 @@ pub fn lsw_enter(ctx: ProbeContext) -> u32 {
     } else {
         0
     };
-    let value = InflightValue {
-        depth: 1,
-        instance,
-        entered_ns,
+    let idle = key.tid & IDLE_TID_FLAG != 0;
+    let Some(frames) = current_frames(idle, true) else {
+        bump(&EVENTS, event::FRAMES_NOT_RECORDED);
+        return None;
     };
-    // Insert first: the thread is rarely inside this function already, and
-    // one hash operation is cheaper than a lookup then an insert. Counted
-    // live before it can be seen, uncounted if it was not added.
-    live_add(live::INFLIGHT, 1);
-    if INFLIGHT.insert(key, value, BPF_NOEXIST as u64).is_err() {
-        match INFLIGHT.get_ptr_mut(key) {
-            // A nested frame: its outermost frame keeps its entry time.
-            // SAFETY: only this thread writes its own key (see InflightKey).
-            Some(value) => unsafe {
-                (*value).depth += 1;
-                if (*value).instance != instance {
-                    (*value).instance = MIXED_INSTANCES;
-                }
-            },
-            None => bump(&EVENTS, event::INFLIGHT_MAP_FULL),
+    let mut free: Option<(u32, &mut TaskFrame)> = None;
+    for (slot, frame) in frames.frames.iter_mut().enumerate() {
+        let depth = frame.value.depth;
+        if depth == 0 {
+            if free.is_none() {
+                free = Some((slot as u32, frame));
+            }
+            continue;
         }
-        // After the miss is counted: a reader that sees the count back
-        // down sees the miss too.
-        live_add(live::INFLIGHT, u64::MAX);
+        if frame.func != key.func {
+            continue;
+        }
+        // A nested frame: its outermost frame keeps its entry time. Frames
+        // of different instances count against every instance: added
+        // there before they leave their instance's count.
+        let serving = frame.value.instance;
+        if serving != instance && serving != MIXED_INSTANCES {
+            frames_add(MIXED_INSTANCES, u64::from(depth) + 1);
+            frames_add(serving, u64::from(depth).wrapping_neg());
+            frame.value.instance = MIXED_INSTANCES;
+        } else {
+            frames_add(serving, 1);
+        }
+        frame.value.depth = depth + 1;
+        return Some(FrameCookie {
+            slot: slot as u32,
+            func: key.func,
+            idle,
+        });
     }
-    0
+    let Some((slot, frame)) = free else {
+        bump(&EVENTS, event::FRAMES_NOT_RECORDED);
+        return None;
+    };
+    // Counted before it can be seen; the depth, written last, makes the
+    // slot a frame (a listing that reads it reads the rest as written).
+    frames_add(instance, 1);
+    frame.func = key.func;
+    frame.value.instance = instance;
+    frame.value.entered_ns = entered_ns;
+    // SAFETY: a field of this thread's own frames.
+    unsafe { core::ptr::write_volatile(&raw mut frame.value.depth, 1) };
+    Some(FrameCookie {
+        slot,
+        func: key.func,
+        idle,
+    })
 }
 
-#[kretprobe]
-pub fn lsw_exit(ctx: RetProbeContext) -> u32 {
-    let Some((key, _)) = current_key(ctx.as_ptr()) else {
-        return 0;
+/// Counts the current thread out of the probed function (at its return),
+/// finding the frame by the function's address.
+#[inline(always)]
+fn exit(ctx: *mut core::ffi::c_void) {
+    let Some((key, _)) = current_key(ctx) else {
+        return;
     };
-    match INFLIGHT.get_ptr_mut(key) {
-        Some(value) => {
-            // SAFETY: only this thread writes its own key (see InflightKey).
-            let (depth, instance, entered_ns) =
-                unsafe { ((*value).depth, (*value).instance, (*value).entered_ns) };
-            if depth <= 1 {
-                // Uncounted once it cannot be seen.
-                if INFLIGHT.remove(key).is_ok() {
-                    live_add(live::INFLIGHT, u64::MAX);
-                }
-                if entered_ns != 0 {
-                    // SAFETY: helper without arguments.
-                    let now = unsafe { bpf_ktime_get_ns() };
-                    record_time(key.func, instance, now.saturating_sub(entered_ns));
-                }
-                // A full ring only delays the waiter until its next poll.
-                if config_on(CONFIG_NOTIFY_LEFT) {
-                    let _ = LEFT.output::<u32>(instance, 0);
-                }
-            } else {
-                unsafe { (*value).depth -= 1 };
-            }
+    let Some(frames) = current_frames(key.tid & IDLE_TID_FLAG != 0, false) else {
+        bump(&EVENTS, event::UNMATCHED_RETURN);
+        return;
+    };
+    for frame in frames.frames.iter_mut() {
+        if frame.value.depth != 0 && frame.func == key.func {
+            leave(frame);
+            return;
         }
-        None => bump(&EVENTS, event::UNMATCHED_RETURN),
     }
-    0
+    bump(&EVENTS, event::UNMATCHED_RETURN);
+}
+
+/// [`exit`] for a return whose entry recorded its frame at `recorded`
+/// (checked: see [`FrameCookie`]; a mismatch searches as `exit` does).
+#[inline(always)]
+fn exit_recorded(ctx: *mut core::ffi::c_void, recorded: FrameCookie) {
+    let frame = current_frames(recorded.idle, false)
+        .and_then(|frames| frames.frames.get_mut(recorded.slot as usize))
+        .filter(|frame| frame.value.depth != 0 && frame.func == recorded.func);
+    match frame {
+        Some(frame) => leave(frame),
+        None => exit(ctx),
+    }
+}
+
+/// One frame of `frame`'s function leaves.
+#[inline(always)]
+fn leave(frame: &mut TaskFrame) {
+    let depth = frame.value.depth;
+    let instance = frame.value.instance;
+    if depth > 1 {
+        frame.value.depth = depth - 1;
+        frames_add(instance, u64::MAX);
+        return;
+    }
+    // Uncounted once it cannot be seen.
+    // SAFETY: a field of this thread's own frames.
+    unsafe { core::ptr::write_volatile(&raw mut frame.value.depth, 0) };
+    frames_add(instance, u64::MAX);
+    let entered_ns = frame.value.entered_ns;
+    if entered_ns != 0 {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        record_time(frame.func, instance, now.saturating_sub(entered_ns));
+    }
+    // A full ring only delays the waiter until its next poll.
+    if config_on(CONFIG_NOTIFY_LEFT) {
+        let _ = LEFT.output::<u32>(instance, 0);
+    }
+}
+
+/// The current thread's frames (the idle task's are per CPU), made first
+/// if `create` and it has none yet.
+#[inline(always)]
+fn current_frames(idle: bool, create: bool) -> Option<&'static mut TaskFrames> {
+    let frames = if idle {
+        IDLE_FRAMES.get_ptr_mut(0)?
+    } else {
+        // SAFETY: the helper's task is the one the verifier knows as one.
+        unsafe { TASK_FRAMES.get(bpf_get_current_task_btf(), create) }
+    };
+    // SAFETY: a map value (this thread's, or this CPU's idle task's), which
+    // only this thread writes; null checked.
+    unsafe { frames.as_mut() }
 }
 
 /// Threads whose kernel stacks could not be read (they were on a CPU),
@@ -440,6 +691,58 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
             (&raw const record).cast(),
             core::mem::size_of::<ScanRecord>() as u32,
         );
+    }
+    0
+}
+
+/// A task iterator (`iter/task`) that lists every frame the probes
+/// recorded in tasks' storage, one [`FrameRecord`] each. (Frames of the
+/// idle tasks, which it does not visit, userspace reads from
+/// `IDLE_FRAMES`.)
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+extern "C" fn lsw_list_frames(ctx: *const u64) -> i32 {
+    // SAFETY: the iterator's context is (meta, task), both kernel pointers
+    // the verifier types from the attach point's BTF.
+    let (meta, task) = unsafe { (*ctx as *const IterMeta, *ctx.add(1) as *mut task_struct) };
+    if task.is_null() {
+        return 0;
+    }
+    // SAFETY: a task the iterator gives; no storage is made.
+    let Some(frames) = (unsafe { TASK_FRAMES.get(task, false).as_ref() }) else {
+        return 0;
+    };
+    // SAFETY: as in `lsw_scan_tasks`.
+    let address: u64 = unsafe { bpf_probe_read_kernel(ctx.add(1)) }.unwrap_or(0);
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let tid =
+        unsafe { bpf_probe_read_kernel((address + config(SCAN_PID_OFFSET)) as *const u32) }.unwrap_or(0);
+    for frame in &frames.frames {
+        // Read first: the rest of a slot is written before its depth.
+        // SAFETY: a field of a map value.
+        let depth = unsafe { core::ptr::read_volatile(&raw const frame.value.depth) };
+        if depth == 0 {
+            continue;
+        }
+        let record = FrameRecord {
+            key: InflightKey {
+                tid,
+                func: frame.func,
+            },
+            value: InflightValue {
+                depth,
+                instance: frame.value.instance,
+                entered_ns: frame.value.entered_ns,
+            },
+        };
+        // SAFETY: meta and its seq come from the iterator's context.
+        unsafe {
+            bpf_seq_write(
+                (*meta).seq,
+                (&raw const record).cast(),
+                core::mem::size_of::<FrameRecord>() as u32,
+            );
+        }
     }
     0
 }

@@ -44,12 +44,12 @@ fn extra_bytes(kind: u32, vlen: usize) -> Option<usize> {
 #[derive(Debug, Default)]
 struct Found {
     members: Option<HashMap<String, u64>>,
-    func_id: Option<u32>,
+    func_ids: HashMap<String, u32>,
 }
 
 /// One pass over `btf`: the offsets of `members` of the first struct named
-/// `name`, and the type id of the function named `func` (if asked).
-fn scan(btf: &[u8], name: &str, members: &[&str], func: Option<&str>) -> Option<Found> {
+/// `name`, and the type ids of the functions named in `funcs`.
+fn scan(btf: &[u8], name: &str, members: &[&str], funcs: &[&str]) -> Option<Found> {
     if u16::from_le_bytes(btf.get(0..2)?.try_into().ok()?) != MAGIC {
         return None;
     }
@@ -83,13 +83,12 @@ fn scan(btf: &[u8], name: &str, members: &[&str], func: Option<&str>) -> Option<
             found.members = Some(offsets);
         }
         if kind == KIND_FUNC
-            && found.func_id.is_none()
-            && func.is_some()
-            && string_at(strings, name_off) == func
+            && let Some(func) = string_at(strings, name_off)
+            && funcs.contains(&func)
         {
-            found.func_id = Some(id);
+            found.func_ids.entry(func.to_owned()).or_insert(id);
         }
-        if found.members.is_some() && (func.is_none() || found.func_id.is_some()) {
+        if found.members.is_some() && found.func_ids.len() == funcs.len() {
             break;
         }
         at = body + extra_bytes(kind, vlen)?;
@@ -106,19 +105,36 @@ pub struct TaskScanBtf {
     pub task_offsets: HashMap<String, u64>,
     /// The type id of `bpf_iter_task`, the attach point of a task iterator.
     pub iter_task_id: Option<u32>,
+    /// The kfuncs a kprobe.session program calls (Linux 6.10+), if the
+    /// kernel has them.
+    pub session_kfuncs: Option<crate::raw_bpf::SessionKfuncs>,
 }
 
-/// Reads `/sys/kernel/btf/vmlinux` for the task scan.
+const ITER_TASK: &str = "bpf_iter_task";
+const SESSION_IS_RETURN: &str = "bpf_session_is_return";
+const SESSION_COOKIE: &str = "bpf_session_cookie";
+
+/// Reads `/sys/kernel/btf/vmlinux` for the task scan and the counters.
 pub fn task_scan_btf(members: &[&str]) -> Result<TaskScanBtf, Error> {
     const PATH: &str = "/sys/kernel/btf/vmlinux";
     let btf = std::fs::read(PATH).map_err(|cause| Error::Io {
         path: PATH.into(),
         cause,
     })?;
-    let found = scan(&btf, "task_struct", members, Some("bpf_iter_task")).unwrap_or_default();
+    let found = scan(
+        &btf,
+        "task_struct",
+        members,
+        &[ITER_TASK, SESSION_IS_RETURN, SESSION_COOKIE],
+    )
+    .unwrap_or_default();
+    let id = |name: &str| found.func_ids.get(name).copied();
     Ok(TaskScanBtf {
-        task_offsets: found.members.unwrap_or_default(),
-        iter_task_id: found.func_id,
+        task_offsets: found.members.clone().unwrap_or_default(),
+        iter_task_id: id(ITER_TASK),
+        session_kfuncs: id(SESSION_IS_RETURN)
+            .zip(id(SESSION_COOKIE))
+            .map(|(is_return, cookie)| crate::raw_bpf::SessionKfuncs { is_return, cookie }),
     })
 }
 
@@ -157,25 +173,26 @@ mod tests {
 
     #[test]
     fn struct_member_offsets_are_found_past_other_types() {
-        let offsets = scan(&sample(), "task_struct", &["pid", "tgid"], None)
+        let offsets = scan(&sample(), "task_struct", &["pid", "tgid"], &[])
             .unwrap()
             .members
             .unwrap();
         assert_eq!(offsets.len(), 2);
         assert_eq!(offsets["pid"], 4);
         assert_eq!(offsets["tgid"], 8);
-        let missing = scan(&sample(), "task_struct", &["nope"], None)
+        let missing = scan(&sample(), "task_struct", &["nope"], &[])
             .unwrap()
             .members
             .unwrap();
         assert!(missing.is_empty());
-        assert!(scan(b"garbage", "task_struct", &["pid"], None).is_none());
+        assert!(scan(b"garbage", "task_struct", &["pid"], &[]).is_none());
     }
 
     #[test]
     fn function_type_ids_count_records_from_one() {
-        let found = scan(&sample(), "task_struct", &["pid"], Some("bpf_iter_task")).unwrap();
-        assert_eq!(found.func_id, Some(3));
+        let found = scan(&sample(), "task_struct", &["pid"], &["bpf_iter_task", "absent"]).unwrap();
+        assert_eq!(found.func_ids.get("bpf_iter_task"), Some(&3));
+        assert_eq!(found.func_ids.get("absent"), None);
         assert_eq!(found.members.unwrap()["pid"], 4);
     }
 }

@@ -15,18 +15,21 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use loopswap_common::{
     CONFIG_NOTIFY_LEFT, CONFIG_SLOT_BASE, CONFIG_TIME_IN_FLIGHT, FUNCTION_INSTANCE_ENTRY, FUNCTION_KNOWN,
-    FUNCTION_SLOT_SHIFT, FunctionInfo, InflightKey, InflightValue, MAX_FUNCTION_SLOTS, MAX_FUNCTIONS,
-    MAX_TIMED_INSTANCES, MIXED_INSTANCES, NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET,
-    SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET, SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET,
-    SCAN_TEXT_END, SCAN_TEXT_START, SCAN_TGID_OFFSET, SCAN_UNREADABLE, SCAN_WATCH_SWITCHES,
-    SWITCH_MAX_FRAMES, ScanRecord, TICK_FUNCTION, TimeHistogram, event, live,
+    FUNCTION_SLOT_SHIFT, FrameRecord, FunctionInfo, IDLE_TID_FLAG, InflightKey, InflightValue,
+    MAX_COUNTED_INSTANCES, MAX_FUNCTION_SLOTS, MAX_FUNCTIONS, MAX_TIMED_INSTANCES, MIXED_INSTANCES,
+    NO_INSTANCE, SCAN_IN_MODULE, SCAN_NIVCSW_OFFSET, SCAN_NVCSW_OFFSET, SCAN_ON_CPU_OFFSET, SCAN_PID_OFFSET,
+    SCAN_SKIP_ENABLED, SCAN_START_TIME_OFFSET, SCAN_STATE_OFFSET, SCAN_TEXT_END, SCAN_TEXT_START,
+    SCAN_TGID_OFFSET, SCAN_UNREADABLE, SCAN_WATCH_SWITCHES, SWITCH_MAX_FRAMES, ScanRecord, TICK_FUNCTION,
+    TaskFrames, TimeHistogram, event, frames_slot, live,
 };
 
 use crate::{
     Error,
     kallsyms::{self, Function, Scope},
     module,
-    raw_bpf::{self, KprobeLink, LoadAs, LoadedObject, MultiLink, RawTracepointLink, TaskIterator},
+    raw_bpf::{
+        self, KprobeLink, LoadAs, LoadedObject, MappedCounts, MultiLink, RawTracepointLink, TaskIterator,
+    },
     snapshot::{FunctionCount, InstanceCount, Snapshot},
     stacks::{self, Stack, TaskId},
     time_in_flight::{self, Estimate, TimeSummary},
@@ -81,12 +84,19 @@ pub struct ModuleWatch {
     index_by_name: HashMap<String, u32>,
     /// Per function index: the index its stack frames are counted under.
     representative: Vec<u32>,
-    inflight: BpfHashMap<MapData, InflightKey, InflightValue>,
+    /// Each thread's frames inside the module (`TASK_FRAMES`, task-local
+    /// storage), read for one thread by its pidfd...
+    task_frames: std::os::fd::OwnedFd,
+    /// ...and for every thread by this iterator (`lsw_list_frames`).
+    frame_listing: Option<TaskIterator>,
+    /// The frames of interrupts on the idle tasks, per CPU.
+    idle_frames: PerCpuArray<MapData, TaskFrames>,
+    /// Frames by the instance they serve (`frames_slot`), mapped.
+    frames_by_instance: MappedCounts,
     left: Option<aya::maps::RingBuf<MapData>>,
     calls: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
-    /// Live entry counts of `INFLIGHT` and `SWITCHED_INSIDE` (see
-    /// `loopswap_common::live`).
+    /// Live entry counts of `SWITCHED_INSIDE` (see `loopswap_common::live`).
     live: aya::maps::Array<MapData, u64>,
     counter_config: aya::maps::Array<MapData, u64>,
     time_by_function: PerCpuArray<MapData, TimeHistogram>,
@@ -105,6 +115,12 @@ pub struct ModuleWatch {
     user_ticks: BpfHashMap<MapData, u32, u32>,
     /// Why kprobe.multi could not be used, if it could not.
     multi_refused: Option<String>,
+    /// The kfuncs of kprobe.session programs, if the kernel has them
+    /// (Linux 6.10+: a kprobe.session link can be made).
+    session_kfuncs: Option<raw_bpf::SessionKfuncs>,
+    /// Why a kprobe.session link could not be made, if it could not (the
+    /// two kprobe.multi links serve instead).
+    session_refused: Option<String>,
     /// Concurrent calls whose returns must be followable (see attach_multi).
     max_active: u32,
     /// The task iterator (`lsw_scan_tasks`) that finds the tasks to read
@@ -212,8 +228,14 @@ type TasksToCheck = (Vec<TaskId>, Vec<TaskId>);
 
 const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
 
+/// Both in one program, for a kprobe.session link.
+const SESSION_PROGRAM: &str = "lsw_session";
+
 /// The task iterator that finds tasks inside the module.
 const SCAN_PROGRAM: &str = "lsw_scan_tasks";
+
+/// The task iterator that lists the frames the probes recorded.
+const LISTING_PROGRAM: &str = "lsw_list_frames";
 
 /// The maps sized for the module's functions: a time histogram per
 /// function, and the table from text slot to function.
@@ -365,7 +387,17 @@ impl ModuleWatch {
             last_stack_check: None,
             links: Vec::new(),
             probes: Vec::new(),
-            inflight: BpfHashMap::try_from(ebpf.take_map("INFLIGHT")?)?,
+            task_frames: {
+                let map = ebpf.take_map("TASK_FRAMES")?;
+                raw_bpf::map_fd("TASK_FRAMES", &map)?
+            },
+            frame_listing: None,
+            idle_frames: PerCpuArray::try_from(ebpf.take_map("IDLE_FRAMES")?)?,
+            frames_by_instance: MappedCounts::new(
+                "FRAMES_BY_INSTANCE",
+                &ebpf.take_map("FRAMES_BY_INSTANCE")?,
+                MAX_COUNTED_INSTANCES as usize + 1,
+            )?,
             left: Some(aya::maps::RingBuf::try_from(ebpf.take_map("LEFT")?)?),
             calls: PerCpuArray::try_from(ebpf.take_map("CALLS")?)?,
             events: PerCpuArray::try_from(ebpf.take_map("EVENTS")?)?,
@@ -384,6 +416,8 @@ impl ModuleWatch {
             seeded: BTreeMap::new(),
             unresolved: BTreeSet::new(),
             multi_refused: None,
+            session_kfuncs: None,
+            session_refused: None,
             max_active: options.max_active,
             object: ebpf,
         };
@@ -403,20 +437,36 @@ impl ModuleWatch {
         // /proc stack is read instead: slower, the same answer. The
         // iterator is verified beside arming the probes (both take a CPU
         // for tens of milliseconds, neither needs the other).
-        let scan_btf_id = task_scan_btf.and_then(|btf| watch.configure_task_scan(&btf));
+        // The listing runs in this thread, holding the CPU's task storage
+        // lock for a moment at each task: a probe that fires in an
+        // interrupt of this thread meanwhile could not make this thread's
+        // storage (a frame not recorded, which stops a swap), so it is
+        // made now.
+        let this_thread = nix::unistd::gettid().as_raw();
+        raw_bpf::task_storage_insert(watch.task_frames.as_fd(), this_thread, &TaskFrames::ZERO)?;
+        // The frame listing has no such fallback: the counters themselves
+        // need the kernel's BTF (task-local storage).
+        let task_scan_btf = task_scan_btf?;
+        watch.session_kfuncs = task_scan_btf.session_kfuncs;
+        let listing_btf_id = watch.configure_frame_listing(&task_scan_btf)?;
+        let scan_btf_id = watch.configure_task_scan(&task_scan_btf);
         let programs = std::sync::Arc::clone(watch.object.programs());
-        let (iterator, armed) = std::thread::scope(|scope| {
-            let iterator = scan_btf_id
-                .map(|btf_id| scope.spawn(move || TaskIterator::load(&programs, SCAN_PROGRAM, btf_id)));
+        let (iterators, armed) = std::thread::scope(|scope| {
+            let iterators = scope.spawn(move || {
+                let listing = TaskIterator::load(&programs, LISTING_PROGRAM, listing_btf_id);
+                let scan = scan_btf_id.and_then(|btf_id| TaskIterator::load(&programs, SCAN_PROGRAM, btf_id));
+                (listing, scan)
+            });
             let armed = watch.arm(options.max_active);
-            let iterator = iterator.and_then(|loading| loading.join().expect("loading does not panic"));
-            (iterator, armed)
+            (iterators.join().expect("loading does not panic"), armed)
         });
-        match iterator {
+        let (listing, scan) = iterators;
+        match scan {
             Ok(iterator) => watch.task_scan = Some(iterator),
             Err(why) => watch.task_scan_refused = Some(why.to_string()),
         }
         armed?;
+        watch.frame_listing = Some(listing?);
         if options.attribute_instances {
             watch.time_instances();
         }
@@ -455,6 +505,25 @@ impl ModuleWatch {
             self.attach_all(max_active)?;
         }
         Ok(())
+    }
+
+    /// Tells the frame listing where a task keeps its id; returns the BTF
+    /// id it attaches to.
+    fn configure_frame_listing(&mut self, btf: &crate::btf::TaskScanBtf) -> Result<u32, Error> {
+        let missing = |what: &str| Error::Io {
+            path: "/sys/kernel/btf/vmlinux".into(),
+            cause: std::io::Error::other(format!(
+                "no {what} in the kernel's BTF: loopswap's counters need a kernel with BTF \
+                 (CONFIG_DEBUG_INFO_BTF) and BPF task iterators"
+            )),
+        };
+        let btf_id = btf.iter_task_id.ok_or_else(|| missing("bpf_iter_task"))?;
+        let pid = btf
+            .task_offsets
+            .get("pid")
+            .ok_or_else(|| missing("task_struct.pid"))?;
+        self.scan_config.set(SCAN_PID_OFFSET, *pid, 0)?;
+        Ok(btf_id)
     }
 
     /// Tells the task iterator the module's text range and where a task
@@ -782,6 +851,29 @@ impl ModuleWatch {
             .take(addresses.len() * copies)
             .collect();
         let programs = self.object.programs();
+        // One kprobe.session link if the kernel has them: one ftrace update
+        // each way, and one ftrace callback per call instead of two.
+        if let Some(kfuncs) = self.session_kfuncs {
+            let session = match MultiLink::attach_session(programs, SESSION_PROGRAM, &padded, kfuncs) {
+                Err(_) if copies > 1 => {
+                    MultiLink::attach_session(programs, SESSION_PROGRAM, &addresses, kfuncs)
+                }
+                attached => attached,
+            };
+            match session {
+                Ok(link) => {
+                    self.links = vec![link];
+                    self.unprobed = exits;
+                    return Ok(());
+                }
+                Err(why) => self.session_refused = Some(why.to_string()),
+            }
+        } else {
+            self.session_refused = Some(
+                "no bpf_session_is_return or bpf_session_cookie in the kernel's BTF (Linux 6.10 has them)"
+                    .into(),
+            );
+        }
         let returns = match MultiLink::attach(programs, PROGRAMS[1], &padded, true) {
             Ok(link) => link,
             // A kernel that refuses repeated addresses: the smaller pool.
@@ -796,9 +888,10 @@ impl ModuleWatch {
 
     /// How the functions are probed, for reports.
     pub fn mechanism(&self) -> String {
-        let probes = match &self.multi_refused {
-            None => "kprobe.multi".into(),
-            Some(why) => format!("tracefs kprobes (kprobe.multi refused: {why})"),
+        let probes = match (&self.multi_refused, &self.session_refused) {
+            (None, None) => "kprobe.session".into(),
+            (None, Some(why)) => format!("kprobe.multi (kprobe.session refused: {why})"),
+            (Some(why), _) => format!("tracefs kprobes (kprobe.multi refused: {why})"),
         };
         let probes = match &self.task_scan_refused {
             None => probes,
@@ -883,15 +976,19 @@ impl ModuleWatch {
     /// stacks show them).
     fn tracked(&self, tid: i32, funcs: impl Iterator<Item = u32>) -> BTreeMap<u32, u64> {
         let mut tracked = BTreeMap::new();
+        // A thread gone, or never counted, has no frames; an error reads
+        // as none too, which makes the stack's frames count as untracked
+        // (seeded): more, never fewer.
+        let frames = raw_bpf::task_storage_lookup::<TaskFrames>(self.task_frames.as_fd(), tid)
+            .ok()
+            .flatten();
         for func in funcs {
-            let key = InflightKey {
-                tid: tid as u32,
-                func,
-            };
-            let depth = self
-                .inflight
-                .get(&key, 0)
-                .map_or(0, |value| u64::from(value.depth));
+            let depth: u64 = frames
+                .iter()
+                .flat_map(|frames| &frames.frames)
+                .filter(|frame| frame.value.depth > 0 && frame.func == func)
+                .map(|frame| u64::from(frame.value.depth))
+                .sum();
             *tracked.entry(self.representative[func as usize]).or_default() += depth;
         }
         tracked
@@ -1087,23 +1184,33 @@ impl ModuleWatch {
         Ok(map.get(&index, 0)?.iter().sum())
     }
 
-    /// Every tracked (thread, function) pair with its frames now. With
-    /// none counted live (the count is never below the entries) the map
-    /// is not walked: a walk of the empty map is one `get_next_key` over
-    /// every bucket, 0.4–2 ms under emulation, and while a map syscall
+    /// Every tracked (thread, function) pair with its frames now: the
+    /// frame listing's, and the idle tasks' per CPU. With none counted
+    /// (the counts are never below the frames recorded) nothing is
+    /// listed: the listing visits every task, and while a map syscall
     /// runs the probes skip any call of the module made on that CPU (an
     /// interrupt's: the v2 sampler timer's), a miss that fails the swap.
     fn tracked_entries(&self) -> Result<Vec<(InflightKey, InflightValue)>, Error> {
         let mut entries = Vec::new();
-        if self.live.get(&live::INFLIGHT, 0)? == 0 {
+        if self.frames_by_instance.all().all(|count| count == 0) {
             return Ok(entries);
         }
-        for entry in self.inflight.iter() {
-            match entry {
-                Ok(entry) => entries.push(entry),
-                // The entry left between listing its key and reading it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(err) => return Err(err.into()),
+        if let Some(listing) = &self.frame_listing {
+            let bytes = listing.run()?;
+            for record in bytes.chunks_exact(std::mem::size_of::<FrameRecord>()) {
+                // SAFETY: FrameRecord is plain old data of exactly this
+                // size; the read is unaligned.
+                let record: FrameRecord = unsafe { record.as_ptr().cast::<FrameRecord>().read_unaligned() };
+                entries.push((record.key, record.value));
+            }
+        }
+        for (cpu, frames) in self.idle_frames.get(&0, 0)?.iter().enumerate() {
+            for frame in frames.frames.iter().filter(|frame| frame.value.depth > 0) {
+                let key = InflightKey {
+                    tid: IDLE_TID_FLAG | cpu as u32,
+                    func: frame.func,
+                };
+                entries.push((key, frame.value));
             }
         }
         Ok(entries)
@@ -1145,7 +1252,7 @@ impl ModuleWatch {
                 time_in_flight: TimeSummary::of(&histograms[index]),
             });
         }
-        let (per_instance, unattributed) = self.attribute(&entries);
+        let (per_instance, unattributed) = attribute(&entries, seeded);
         let mut instance_times = BTreeMap::new();
         for entry in self.time_by_instance.iter() {
             let (id, per_cpu) = match entry {
@@ -1307,17 +1414,15 @@ impl ModuleWatch {
     /// and missed events.
     pub fn quiescence(&mut self, instance: u32) -> Result<(u64, u64), Error> {
         self.refresh_seeded();
-        let entries = self.tracked_entries()?;
-        let (per_instance, unattributed) = self.attribute(&entries);
+        let seeded = self.seeded.values().flat_map(BTreeMap::values).sum();
         Ok((
-            unattributed + per_instance.get(&instance).copied().unwrap_or(0),
+            blocking_frames(
+                |slot| self.frames_by_instance.get(slot as usize),
+                instance,
+                seeded,
+            ),
             self.missed()?,
         ))
-    }
-
-    fn attribute(&self, entries: &[(InflightKey, InflightValue)]) -> (BTreeMap<u32, u64>, u64) {
-        let seeded = self.seeded.values().flat_map(BTreeMap::values).sum();
-        attribute(entries, seeded)
     }
 
     /// Takes the ring buffer that receives a record each time a thread
@@ -1352,14 +1457,19 @@ impl ModuleWatch {
         }
         Ok(probe_misses
             + recursion
-            + Self::sum_per_cpu(&self.events, event::INFLIGHT_MAP_FULL)?
+            + Self::sum_per_cpu(&self.events, event::FRAMES_NOT_RECORDED)?
             + Self::sum_per_cpu(&self.events, event::UNKNOWN_ADDRESS)?)
     }
 
     /// What the missed events were, for the report of a swap they stopped.
     pub fn describe_missed(&self) -> String {
         let mut parts = Vec::new();
-        for (link, direction) in self.links.iter().zip(["entry", "return"]) {
+        let directions: &[&str] = if self.links.len() == 1 {
+            &["entry or return"]
+        } else {
+            &["entry", "return"]
+        };
+        for (link, direction) in self.links.iter().zip(directions) {
             if let Ok((hooks, programs)) = link.missed_by_kind() {
                 if hooks > 0 {
                     parts.push(format!("{hooks} {direction} hooks fprobe could not follow"));
@@ -1376,8 +1486,8 @@ impl ModuleWatch {
         }
         for (slot, what) in [
             (
-                event::INFLIGHT_MAP_FULL,
-                "entries not recorded (in-flight map full)",
+                event::FRAMES_NOT_RECORDED,
+                "frames not recorded (a thread inside too many functions at once, or no task storage)",
             ),
             (event::UNKNOWN_ADDRESS, "probes at an unknown address"),
         ] {
@@ -1413,18 +1523,33 @@ impl ModuleWatch {
     }
 }
 
-/// Frames per instance, and frames that could serve any instance. Only a
-/// frame of an instance entry point (an exported function, whose first
-/// argument names the instance) is attributed to that instance; every other
-/// frame — helpers, timers, work items, interrupt context on top of some
-/// thread, nested frames of mixed instances, and the `seeded` frames found
-/// on stacks at attach (whose arguments stacks do not show) — counts
-/// against every instance.
+/// Frames that keep `instance` from quiescence, from the probes' counts by
+/// `frames_slot` (`count`) and the frames seeded from stacks: its own, and
+/// every frame that could serve any instance. Only a frame of an instance
+/// entry point (an exported function, whose first argument names the
+/// instance) is counted for that instance alone; every other frame —
+/// helpers, timers, work items, interrupt context on top of some thread,
+/// nested frames of mixed instances, instances past the counters' table,
+/// and the `seeded` frames found on stacks at attach (whose arguments
+/// stacks do not show) — counts against every instance. A count read
+/// "negative" (it never is: each is raised before its frames are recorded
+/// and lowered after) would block too.
+fn blocking_frames(count: impl Fn(u32) -> u64, instance: u32, seeded: u64) -> u64 {
+    let own = match frames_slot(instance) {
+        0 => 0,
+        slot => count(slot),
+    };
+    count(0).saturating_add(own).saturating_add(seeded)
+}
+
+/// Frames per instance, and frames that could serve any instance, as the
+/// listing `entries` and the `seeded` frames show them (for display: the
+/// quiescence of a swap reads the probes' counts, see [`blocking_frames`]).
 fn attribute(entries: &[(InflightKey, InflightValue)], seeded: u64) -> (BTreeMap<u32, u64>, u64) {
     let mut instances: BTreeMap<u32, u64> = BTreeMap::new();
     let mut unattributed = seeded;
     for (_, value) in entries {
-        if value.instance == NO_INSTANCE || value.instance == MIXED_INSTANCES {
+        if frames_slot(value.instance) == 0 {
             unattributed += u64::from(value.depth);
         } else {
             *instances.entry(value.instance).or_default() += u64::from(value.depth);
@@ -1537,33 +1662,26 @@ mod tests {
 
     use super::*;
 
-    fn frame(tid: u32, func: u32, depth: u32, instance: u32) -> (InflightKey, InflightValue) {
-        (
-            InflightKey { tid, func },
-            InflightValue {
-                depth,
-                instance,
-                entered_ns: 0,
-            },
-        )
-    }
-
     #[test]
     fn only_entry_frames_are_attributed_to_their_instance() {
-        let entries = [
-            // Thread 7 serves instance 1 in an entry point...
-            frame(7, 0, 1, 1),
-            // ...and a timer of some instance's implementation interrupts it:
-            // no instance argument, so it could be any instance's.
-            frame(7, 3, 1, NO_INSTANCE),
-            // Thread 8 nests entry frames of instances 0 and 1.
-            frame(8, 0, 2, MIXED_INSTANCES),
-            frame(9, 0, 1, 0),
-        ];
-        let (instances, unattributed) = attribute(&entries, 2);
-        assert_eq!(instances.get(&1), Some(&1));
-        assert_eq!(instances.get(&0), Some(&1));
+        // As the probes count: instance 0 has one entry frame, instance 1
+        // one; a timer (no instance argument) and two nested frames of
+        // mixed instances count in slot 0.
+        let mut counts = vec![0u64; MAX_COUNTED_INSTANCES as usize + 1];
+        counts[frames_slot(0) as usize] = 1;
+        counts[frames_slot(1) as usize] = 1;
+        counts[frames_slot(NO_INSTANCE) as usize] += 1;
+        counts[frames_slot(MIXED_INSTANCES) as usize] += 2;
+        let count = |slot: u32| counts[slot as usize];
         // The timer, the mixed frames and two seeded frames block everyone.
-        assert_eq!(unattributed, 1 + 2 + 2);
+        assert_eq!(blocking_frames(count, 1, 2), 1 + 3 + 2);
+        assert_eq!(blocking_frames(count, 0, 0), 1 + 3);
+        assert_eq!(blocking_frames(count, 7, 0), 3);
+        // An id past the table has no count of its own: slot 0 holds its
+        // frames, and blocks it.
+        assert_eq!(blocking_frames(count, MAX_COUNTED_INSTANCES + 5, 0), 3);
+        // A count that would read negative blocks.
+        counts[0] = u64::MAX;
+        assert_eq!(blocking_frames(|slot: u32| counts[slot as usize], 1, 0), u64::MAX);
     }
 }

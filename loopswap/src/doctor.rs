@@ -78,8 +78,15 @@ pub fn run() -> Vec<Check> {
     let mut checks = Vec::new();
     let release = read("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".into());
     let (major, minor) = crate::module::kernel_version();
-    checks.push(if (major, minor) >= (6, 7) {
+    checks.push(if (major, minor) >= (6, 9) {
         check("kernel", Ok, format!("Linux {release}"), None)
+    } else if (major, minor) >= (6, 7) {
+        check(
+            "kernel",
+            Warn,
+            format!("Linux {release}"),
+            Some("Linux 6.9 or later opens a thread's pidfd (PIDFD_THREAD) to compare its stack with its counted frames; before it such a comparison sees no counted frames and vetoes the swap"),
+        )
     } else if (major, minor) >= (5, 15) {
         check(
             "kernel",
@@ -169,9 +176,16 @@ pub fn run() -> Vec<Check> {
         (
             "task-iterator",
             "bpf_iter_task",
-            Warn,
-            "BPF task iterator: stack checks unwind tasks in the kernel",
-            "CONFIG_BPF_SYSCALL with BTF; without it every task's /proc stack is read (slower while a gate is closed)",
+            Missing,
+            "BPF task iterator: the counters list frames, and stack checks unwind tasks, in the kernel",
+            "a kernel built with CONFIG_BPF_SYSCALL and CONFIG_DEBUG_INFO_BTF",
+        ),
+        (
+            "task-storage",
+            "bpf_task_storage_get",
+            Missing,
+            "BPF task-local storage: each thread's counted frames live in it",
+            "a kernel built with CONFIG_BPF_SYSCALL and CONFIG_DEBUG_INFO_BTF, 5.15 or later",
         ),
     ] {
         checks.push(if symbols.is_empty() {
@@ -198,9 +212,9 @@ pub fn run() -> Vec<Check> {
     } else {
         check(
             "btf",
-            Warn,
+            Missing,
             "no kernel BTF (/sys/kernel/btf/vmlinux)",
-            Some("CONFIG_DEBUG_INFO_BTF=y; without it the task iterator is not used"),
+            Some("a kernel built with CONFIG_DEBUG_INFO_BTF=y (the counters' task storage and iterators need it)"),
         )
     });
 

@@ -18,7 +18,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
     sync::Arc,
 };
 
@@ -49,14 +49,15 @@ impl LoadedObject {
     /// whose sizes the caller does not know yet: the slow part of a load,
     /// to run beside whatever finds those sizes.
     pub fn begin(object: &[u8], sized_later: &[&str]) -> Result<PartlyLoaded, Error> {
-        let parsed = aya_obj::Object::parse(object).map_err(|err| malformed(err.to_string()))?;
+        let mut parsed = aya_obj::Object::parse(object).map_err(|err| malformed(err.to_string()))?;
+        let btf = load_btf(&mut parsed)?;
         let mut maps = HashMap::new();
         for (name, definition) in &parsed.maps {
             if !sized_later.contains(&name.as_str()) {
-                maps.insert(name.clone(), create_map(name, definition.clone())?);
+                maps.insert(name.clone(), create_map(name, definition.clone(), btf.as_ref())?);
             }
         }
-        Ok(PartlyLoaded { parsed, maps })
+        Ok(PartlyLoaded { parsed, maps, btf })
     }
 
     /// Takes the map `name` out of the object. Programs loaded later still
@@ -81,6 +82,8 @@ impl LoadedObject {
 pub struct PartlyLoaded {
     parsed: aya_obj::Object,
     maps: HashMap<String, Map>,
+    /// The object's BTF, loaded: the maps made later are described by it.
+    btf: Option<OwnedFd>,
 }
 
 impl PartlyLoaded {
@@ -88,14 +91,18 @@ impl PartlyLoaded {
     /// if any, or the object's, and resolves the programs' references to
     /// the maps.
     pub fn finish(self, max_entries: &[(&str, u32)]) -> Result<LoadedObject, Error> {
-        let Self { mut parsed, mut maps } = self;
+        let Self {
+            mut parsed,
+            mut maps,
+            btf,
+        } = self;
         for (name, definition) in &parsed.maps {
             if !maps.contains_key(name) {
                 let mut definition = definition.clone();
                 if let Some((_, entries)) = max_entries.iter().find(|(map, _)| map == name) {
                     definition.set_max_entries(*entries);
                 }
-                maps.insert(name.clone(), create_map(name, definition)?);
+                maps.insert(name.clone(), create_map(name, definition, btf.as_ref())?);
             }
         }
         // The programs keep descriptors of their own for the maps they
@@ -130,23 +137,52 @@ impl PartlyLoaded {
     }
 }
 
-fn create_map(name: &str, definition: aya_obj::Map) -> Result<Map, Error> {
+fn create_map(name: &str, definition: aya_obj::Map, btf: Option<&OwnedFd>) -> Result<Map, Error> {
     // Plain maps only: no initial data to write, nothing to freeze.
     if !definition.data().is_empty() {
         return Err(malformed(format!("map {name} has initial data")));
     }
-    let data = MapData::create(definition, name, None).map_err(Error::Map)?;
+    let data = MapData::create(definition, name, btf.map(AsFd::as_fd)).map_err(Error::Map)?;
     Map::from_map_data(data).map_err(Error::Map)
 }
 
+/// Loads the object's BTF into the kernel, as aya's loader would (fixed up
+/// for this kernel's BTF features: Linux 6.12 has every one but empty
+/// data sections): a task storage map must name its key and value types
+/// there. `None` when the object has no BTF.
+fn load_btf(parsed: &mut aya_obj::Object) -> Result<Option<OwnedFd>, Error> {
+    let features = aya_obj::btf::BtfFeatures::new(true, true, true, false, true, true, true, true);
+    let Some(btf) = parsed
+        .fixup_and_sanitize_btf(&features)
+        .map_err(|err| malformed(format!("its BTF: {err}")))?
+    else {
+        return Ok(None);
+    };
+    let bytes = btf.to_bytes();
+    // SAFETY: plain old data; zero is valid for every field.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BTF-load member of a zeroed union.
+    let load = unsafe { &mut attr.__bindgen_anon_7 };
+    load.btf = bytes.as_ptr() as u64;
+    load.btf_size = bytes.len() as u32;
+    bpf_new_fd(
+        bpf_cmd::BPF_BTF_LOAD,
+        &mut attr,
+        "BPF_BTF_LOAD (the object's BTF)",
+    )
+    .map(Some)
+}
+
 /// A descriptor of its own for the map `name`.
-fn map_fd(name: &str, map: &Map) -> Result<OwnedFd, Error> {
+pub fn map_fd(name: &str, map: &Map) -> Result<OwnedFd, Error> {
     let data = match map {
         Map::Array(data)
         | Map::HashMap(data)
         | Map::PerCpuArray(data)
         | Map::PerCpuHashMap(data)
-        | Map::RingBuf(data) => data,
+        | Map::RingBuf(data)
+        // A task storage map: aya 0.14 has no type for it.
+        | Map::Unsupported(data) => data,
         _ => {
             return Err(Error::Map(MapError::InvalidName {
                 name: format!("{name} (a map type loopswap does not expect)"),
@@ -183,8 +219,46 @@ impl Programs {
             .get(program)
             .ok_or_else(|| malformed(format!("no program {program}")))?
             .function_key();
-        load(&self.object.functions[&key].instructions, program, how)
+        let instructions = &self.object.functions[&key].instructions;
+        match how {
+            LoadAs::KprobeSession(kfuncs) => load(&with_kfunc_calls(instructions, kfuncs), program, how),
+            _ => load(instructions, program, how),
+        }
     }
+}
+
+/// `BPF_TRACE_KPROBE_SESSION` (Linux 6.10), past aya-obj 0.3's bindings.
+const BPF_TRACE_KPROBE_SESSION: u32 = 56;
+
+/// The kernel BTF ids of the kfuncs a kprobe.session program calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionKfuncs {
+    /// `bpf_session_is_return`.
+    pub is_return: u32,
+    /// `bpf_session_cookie`.
+    pub cookie: u32,
+}
+
+/// `instructions` with each call of a placeholder helper (`KFUNC_*`) made
+/// a call of its kfunc by kernel BTF id (`BPF_PSEUDO_KFUNC_CALL`, offset 0:
+/// the kernel's own BTF), as libbpf resolves an extern kfunc.
+fn with_kfunc_calls(instructions: &[bpf_insn], kfuncs: SessionKfuncs) -> Vec<bpf_insn> {
+    const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+    let mut patched = instructions.to_vec();
+    for insn in &mut patched {
+        if insn.code != CALL || insn.src_reg() != 0 {
+            continue;
+        }
+        let btf_id = match insn.imm as u32 {
+            loopswap_common::KFUNC_SESSION_IS_RETURN => kfuncs.is_return,
+            loopswap_common::KFUNC_SESSION_COOKIE => kfuncs.cookie,
+            _ => continue,
+        };
+        insn.set_src_reg(aya_obj::generated::BPF_PSEUDO_KFUNC_CALL as u8);
+        insn.off = 0;
+        insn.imm = btf_id as i32;
+    }
+    patched
 }
 
 /// A program loaded for kprobe.multi, and the link attaching it.
@@ -205,13 +279,37 @@ impl MultiLink {
         returns: bool,
     ) -> Result<Self, Error> {
         let program = programs.load(program, LoadAs::KprobeMulti)?;
+        let flags = if returns { BPF_F_KPROBE_MULTI_RETURN } else { 0 };
+        Self::link(
+            program,
+            bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32,
+            flags,
+            addresses,
+        )
+    }
+
+    /// Loads `program` from `object` for kprobe.session (Linux 6.10+),
+    /// its kfunc calls resolved by `kfuncs`, and attaches it to every
+    /// address: it runs at the entry, and again at the return when the
+    /// entry returned 0.
+    pub fn attach_session(
+        programs: &Programs,
+        program: &str,
+        addresses: &[u64],
+        kfuncs: SessionKfuncs,
+    ) -> Result<Self, Error> {
+        let program = programs.load(program, LoadAs::KprobeSession(kfuncs))?;
+        Self::link(program, BPF_TRACE_KPROBE_SESSION, 0, addresses)
+    }
+
+    fn link(program: OwnedFd, attach_type: u32, flags: u32, addresses: &[u64]) -> Result<Self, Error> {
         // SAFETY: bpf_attr is plain old data; zero is valid for every field.
         let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
         // SAFETY: writing the link_create member of a zeroed union.
         let create = unsafe { &mut attr.link_create };
         create.__bindgen_anon_1.prog_fd = program.as_raw_fd() as u32;
-        create.attach_type = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
-        create.__bindgen_anon_3.kprobe_multi.flags = if returns { BPF_F_KPROBE_MULTI_RETURN } else { 0 };
+        create.attach_type = attach_type;
+        create.__bindgen_anon_3.kprobe_multi.flags = flags;
         create.__bindgen_anon_3.kprobe_multi.cnt = addresses.len() as u32;
         create.__bindgen_anon_3.kprobe_multi.addrs = addresses.as_ptr() as u64;
         let link = bpf_new_fd(
@@ -400,11 +498,163 @@ pub fn recursion_misses(program: BorrowedFd<'_>) -> Result<u64, Error> {
     Ok(info.recursion_misses)
 }
 
+/// An array map of `u64` created with `BPF_F_MMAPABLE`, mapped read-only:
+/// its counts are read from memory, with no syscall (a map syscall holds
+/// the CPU's `bpf_prog_active`, so probes that fire on that CPU meanwhile
+/// are skipped and counted as misses).
+#[derive(Debug)]
+pub struct MappedCounts {
+    counts: std::ptr::NonNull<u64>,
+    len: usize,
+    bytes: std::num::NonZeroUsize,
+}
+
+// SAFETY: a read-only shared mapping; reads are volatile.
+unsafe impl Send for MappedCounts {}
+// SAFETY: as above.
+unsafe impl Sync for MappedCounts {}
+
+impl MappedCounts {
+    /// Maps the array `map` (named `name`, of `len` entries).
+    pub fn new(name: &str, map: &Map, len: usize) -> Result<Self, Error> {
+        let fd = map_fd(name, map)?;
+        let io = |cause| Error::Io {
+            path: format!("map {name} (mmap)").into(),
+            cause,
+        };
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as usize;
+        let bytes = (len * 8).div_ceil(page) * page;
+        let bytes = std::num::NonZeroUsize::new(bytes).ok_or_else(|| io(std::io::Error::other("empty")))?;
+        // SAFETY: a new shared read-only mapping of the whole map; the
+        // kernel keeps the map alive as long as the mapping.
+        let counts = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                bytes,
+                nix::sys::mman::ProtFlags::PROT_READ,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|errno| io(errno.into()))?;
+        Ok(Self {
+            counts: counts.cast(),
+            len,
+            bytes,
+        })
+    }
+
+    /// The count at `index` now (0 past the end).
+    pub fn get(&self, index: usize) -> u64 {
+        if index >= self.len {
+            return 0;
+        }
+        // SAFETY: within the mapping; the programs change it with atomic
+        // adds, so an aligned 8-byte read sees a whole value.
+        unsafe { self.counts.as_ptr().add(index).read_volatile() }
+    }
+
+    /// Every count now.
+    pub fn all(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.len).map(|index| self.get(index))
+    }
+}
+
+impl Drop for MappedCounts {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        let _ = unsafe { nix::sys::mman::munmap(self.counts.cast(), self.bytes.get()) };
+    }
+}
+
+/// A descriptor for the thread `tid` (of this pid namespace) itself, not
+/// its thread group's leader (`PIDFD_THREAD`, Linux 6.9+); `None` if it is
+/// gone.
+fn thread_pidfd(tid: i32) -> Result<Option<OwnedFd>, Error> {
+    const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new
+    // descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+    if pidfd < 0 {
+        let cause = std::io::Error::last_os_error();
+        return match cause.raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            _ => Err(Error::Io {
+                path: format!("pidfd_open({tid})").into(),
+                cause,
+            }),
+        };
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) }))
+}
+
+/// The value of the task storage map `map` for the thread `tid` (of this
+/// pid namespace): `None` if it has none, or is gone.
+pub fn task_storage_lookup<T: aya::Pod>(map: BorrowedFd<'_>, tid: i32) -> Result<Option<T>, Error> {
+    let Some(pidfd) = thread_pidfd(tid)? else {
+        return Ok(None);
+    };
+    let key: i32 = pidfd.as_raw_fd();
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: plain old data; zero is valid for every field.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the element member of a zeroed union.
+    let element = unsafe { &mut attr.__bindgen_anon_2 };
+    element.map_fd = map.as_raw_fd() as u32;
+    element.key = std::ptr::from_ref(&key) as u64;
+    element.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+    match bpf(
+        bpf_cmd::BPF_MAP_LOOKUP_ELEM,
+        &mut attr,
+        "BPF_MAP_LOOKUP_ELEM (task storage)",
+    ) {
+        // SAFETY: the kernel wrote a whole value; T is Pod.
+        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
+        Err(Error::Io { cause, .. }) if matches!(cause.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Gives the thread `tid` (of this pid namespace) the value `value` in the
+/// task storage map `map`, unless it has one.
+pub fn task_storage_insert<T: aya::Pod>(map: BorrowedFd<'_>, tid: i32, value: &T) -> Result<(), Error> {
+    let Some(pidfd) = thread_pidfd(tid)? else {
+        return Ok(());
+    };
+    let key: i32 = pidfd.as_raw_fd();
+    // SAFETY: plain old data; zero is valid for every field.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the element member of a zeroed union.
+    let element = unsafe { &mut attr.__bindgen_anon_2 };
+    element.map_fd = map.as_raw_fd() as u32;
+    element.key = std::ptr::from_ref(&key) as u64;
+    element.__bindgen_anon_1.value = std::ptr::from_ref(value) as u64;
+    element.flags = 1; // BPF_NOEXIST
+    match bpf(
+        bpf_cmd::BPF_MAP_UPDATE_ELEM,
+        &mut attr,
+        "BPF_MAP_UPDATE_ELEM (task storage)",
+    ) {
+        Ok(_) => Ok(()),
+        Err(Error::Io { cause, .. }) if cause.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 /// How to load a program.
 #[derive(Clone, Copy, Debug)]
 pub enum LoadAs {
     /// For a kprobe.multi link.
     KprobeMulti,
+    /// For a kprobe.session link, calling these kfuncs.
+    KprobeSession(SessionKfuncs),
     /// For a perf event: a kprobe or kretprobe.
     Kprobe,
     /// For [`RawTracepointLink`].
@@ -428,6 +678,10 @@ fn load(instructions: &[bpf_insn], program: &str, how: LoadAs) -> Result<OwnedFd
             load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
             load.expected_attach_type = bpf_attach_type::BPF_TRACE_KPROBE_MULTI as u32;
         }
+        LoadAs::KprobeSession(_) => {
+            load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32;
+            load.expected_attach_type = BPF_TRACE_KPROBE_SESSION;
+        }
         LoadAs::Kprobe => load.prog_type = bpf_prog_type::BPF_PROG_TYPE_KPROBE as u32,
         LoadAs::RawTracepoint => load.prog_type = bpf_prog_type::BPF_PROG_TYPE_RAW_TRACEPOINT as u32,
         LoadAs::TaskIterator { btf_id } => {
@@ -444,6 +698,7 @@ fn load(instructions: &[bpf_insn], program: &str, how: LoadAs) -> Result<OwnedFd
     // fail a good load); on failure once more with it, to say why.
     let what = match how {
         LoadAs::KprobeMulti => "BPF_PROG_LOAD (kprobe.multi)",
+        LoadAs::KprobeSession(_) => "BPF_PROG_LOAD (kprobe.session)",
         LoadAs::Kprobe => "BPF_PROG_LOAD (kprobe)",
         LoadAs::RawTracepoint => "BPF_PROG_LOAD (raw tracepoint)",
         LoadAs::TaskIterator { .. } => "BPF_PROG_LOAD (iter/task)",
@@ -536,15 +791,17 @@ mod tests {
         for program in [
             "lsw_enter",
             "lsw_exit",
+            "lsw_session",
             "lsw_tick",
             "lsw_switch",
             "lsw_scan_tasks",
+            "lsw_list_frames",
             "lsw_noop_enter",
             "lsw_noop_exit",
         ] {
             assert!(parsed.programs.contains_key(program), "no program {program}");
         }
-        assert_eq!(parsed.maps.len(), 16, "maps: {:?}", parsed.maps.keys());
+        assert_eq!(parsed.maps.len(), 18, "maps: {:?}", parsed.maps.keys());
         assert!(parsed.maps.values().all(|map| map.data().is_empty()));
     }
 }

@@ -346,6 +346,7 @@ echo '== end'
         "kretprobes",
         "kprobe.multi",
         "task-iterator",
+        "task-storage",
         "btf",
         "tracefs",
         "modules",

@@ -210,13 +210,16 @@ fn the_vm_reports_exit_status_added_files_and_kernel_panics() {
 
 #[test]
 fn a_watched_module_stays_loaded_until_the_watch_ends_and_nothing_is_left_behind() {
-    // The kprobe.multi links hold a reference on the module they probe: it
-    // cannot be unloaded under the watch (whose counts would turn to zeros).
+    // The kprobe.session link holds a reference on the module it probes:
+    // it cannot be unloaded under the watch (whose counts would turn to
+    // zeros). It is one ftrace user per function (an entry link and a
+    // return link would be two).
     let outcome = run_ok(
         r#"insmod /modules/lsw_fixture.ko
 loopswap watch --json --interval 200ms lsw_fixture > /tmp/live.json 2> /tmp/err.txt &
 watch=$!
 until [ -s /tmp/live.json ]; do sleep 0.1; done
+echo "== ftrace-users"; grep '\[lsw_fixture\]' /sys/kernel/tracing/enabled_functions | grep -o '\] ([0-9]*)' | sort | uniq -c
 echo "== rmmod-watched"; if rmmod lsw_fixture 2>/dev/null; then echo unloaded; else echo refused; fi
 kill -TERM $watch; wait $watch
 echo "== rmmod-after"; if rmmod lsw_fixture; then echo unloaded; else echo refused; fi
@@ -226,6 +229,11 @@ echo "== end"
 "#,
     );
     let out = &outcome.output;
+    let users = section(out, "ftrace-users");
+    assert!(
+        users.len() == 1 && users[0].ends_with("(1)"),
+        "one ftrace user (the session link) on every function: {out}"
+    );
     assert_eq!(section(out, "rmmod-watched"), ["refused"], "{out}");
     assert_eq!(section(out, "rmmod-after"), ["unloaded"], "{out}");
     assert_eq!(section(out, "stderr"), Vec::<&str>::new(), "{out}");
@@ -234,9 +242,9 @@ echo "== end"
 
 #[test]
 fn a_module_of_two_thousand_functions_is_watched_in_one_attach() {
-    // One kprobe.multi link per direction: 2,000 functions attach in one
-    // ftrace update and need 4 descriptors, not 4,000, so even a tight
-    // descriptor limit is no obstacle.
+    // One kprobe.session link: 2,000 functions attach in one ftrace update
+    // and need 2 descriptors, not 4,000, so even a tight descriptor limit
+    // is no obstacle.
     let outcome = run_ok(
         r#"set -e
 insmod /modules/lsw_many.ko

@@ -12,9 +12,10 @@ pub enum Which {
     /// from kernel threads: with no probes, with loopswap's counters
     /// (`loopswap watch`, every function of the module probed) with and
     /// without the time-in-flight timestamps and histograms, with a plain
-    /// kprobe+kretprobe pair running empty programs, and with an empty
-    /// kprobe.multi pair (the counters' mechanism). Rounds alternate
-    /// between the five so drift hits all of them alike.
+    /// kprobe+kretprobe pair running empty programs, with an empty
+    /// kprobe.multi pair, and with an empty kprobe.session link (the
+    /// counters' mechanism). Rounds alternate between the six so drift
+    /// hits all of them alike.
     Probes {
         /// Rounds per configuration (the median is reported).
         #[arg(long, default_value_t = 5)]
@@ -77,6 +78,12 @@ for round in $(seq {rounds}); do
     pid=$!
     wait_for_line /tmp/probe.txt
     measure multi-pair
+    kill -TERM $pid; wait $pid
+    rm /tmp/probe.txt
+    loopswap bench-probe --session lsw_fixture lsw_fixture_nop > /tmp/probe.txt &
+    pid=$!
+    wait_for_line /tmp/probe.txt
+    measure session
     kill -TERM $pid; wait $pid
     rm /tmp/probe.txt
 done
@@ -643,6 +650,7 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
             "loopswap" => "loopswap",
             "loopswap-untimed" => "loopswap-untimed",
             "multi-pair" => "multi-pair",
+            "session" => "session",
             _ => "kprobe-pair",
         };
         rates.entry(mode).or_default().push(calls / (ns / 1e9));
@@ -655,13 +663,14 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
     let mut medians = BTreeMap::new();
     for (mode, label) in [
         ("none", "no probes"),
-        ("loopswap", "loopswap watch (kprobe.multi pair, counting + time)"),
+        ("loopswap", "loopswap watch (kprobe.session, counting + time)"),
         (
             "loopswap-untimed",
             "loopswap watch --no-time-in-flight (counting only)",
         ),
         ("kprobe-pair", "plain kprobe+kretprobe (empty programs)"),
         ("multi-pair", "kprobe.multi entry+return links (empty programs)"),
+        ("session", "kprobe.session link (empty program, entry+return)"),
     ] {
         let rate = median(
             rates
@@ -681,10 +690,12 @@ fn probes(rounds: u32, millis: u32, threads: u32) -> anyhow::Result<()> {
         (cost("loopswap") / cost("loopswap-untimed") - 1.0) * 100.0
     );
     println!(
-        "against the same mechanism (an empty kprobe.multi pair): counting + time {:.2}x, \
-         counting alone {:.2}x; the kprobe.multi pair itself {:.2}x the kprobe pair",
-        cost("loopswap") / cost("multi-pair"),
-        cost("loopswap-untimed") / cost("multi-pair"),
+        "against the same mechanism (an empty kprobe.session link): counting + time {:.2}x, \
+         counting alone {:.2}x; the empty session link itself {:.2}x and the kprobe.multi pair \
+         {:.2}x the kprobe pair",
+        cost("loopswap") / cost("session"),
+        cost("loopswap-untimed") / cost("session"),
+        cost("session") / cost("kprobe-pair"),
         cost("multi-pair") / cost("kprobe-pair"),
     );
     let json = serde_json::json!({

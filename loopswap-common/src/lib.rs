@@ -10,7 +10,7 @@ pub const MAX_FUNCTIONS: u32 = 4096;
 /// Distinct functions one thread can be counted inside at once (nested
 /// frames of one function share a slot). A thread nested deeper has its
 /// extra frames counted as not recorded (`event::FRAMES_NOT_RECORDED`).
-pub const FRAMES_PER_TASK: usize = 8;
+pub const FRAMES_PER_TASK: usize = 6;
 
 /// Instances with a frame counter of their own in `FRAMES_BY_INSTANCE`
 /// (ids below this; the swap core allocates the lowest free id). Frames of
@@ -113,8 +113,6 @@ pub struct FrameRecord {
 /// call into a call of the kfunc (no helper has a number anywhere near
 /// it).
 pub const KFUNC_SESSION_IS_RETURN: u32 = 0x7ff0_0001;
-/// The same for the kfunc `bpf_session_cookie()`.
-pub const KFUNC_SESSION_COOKIE: u32 = 0x7ff0_0002;
 
 /// Buckets of a time-in-flight histogram: bucket `b` counts calls that
 /// stayed inside for `[2^b, 2^(b+1))` ns (bucket 0 also counts 0 ns); the

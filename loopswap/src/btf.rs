@@ -112,7 +112,6 @@ pub struct TaskScanBtf {
 
 const ITER_TASK: &str = "bpf_iter_task";
 const SESSION_IS_RETURN: &str = "bpf_session_is_return";
-const SESSION_COOKIE: &str = "bpf_session_cookie";
 
 /// Reads `/sys/kernel/btf/vmlinux` for the task scan and the counters.
 pub fn task_scan_btf(members: &[&str]) -> Result<TaskScanBtf, Error> {
@@ -121,20 +120,12 @@ pub fn task_scan_btf(members: &[&str]) -> Result<TaskScanBtf, Error> {
         path: PATH.into(),
         cause,
     })?;
-    let found = scan(
-        &btf,
-        "task_struct",
-        members,
-        &[ITER_TASK, SESSION_IS_RETURN, SESSION_COOKIE],
-    )
-    .unwrap_or_default();
+    let found = scan(&btf, "task_struct", members, &[ITER_TASK, SESSION_IS_RETURN]).unwrap_or_default();
     let id = |name: &str| found.func_ids.get(name).copied();
     Ok(TaskScanBtf {
         task_offsets: found.members.clone().unwrap_or_default(),
         iter_task_id: id(ITER_TASK),
-        session_kfuncs: id(SESSION_IS_RETURN)
-            .zip(id(SESSION_COOKIE))
-            .map(|(is_return, cookie)| crate::raw_bpf::SessionKfuncs { is_return, cookie }),
+        session_kfuncs: id(SESSION_IS_RETURN).map(|is_return| crate::raw_bpf::SessionKfuncs { is_return }),
     })
 }
 

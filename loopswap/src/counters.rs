@@ -433,17 +433,19 @@ impl ModuleWatch {
             .iter()
             .map(|function| watch.index_by_name[&function.name])
             .collect();
-        // Without the iterator (no BTF, an older kernel) every task's
-        // /proc stack is read instead: slower, the same answer. The
-        // iterator is verified beside arming the probes (both take a CPU
-        // for tens of milliseconds, neither needs the other).
+        // Without the scan iterator (refused, or a nested pid namespace)
+        // every task's /proc stack is read instead: slower, the same
+        // answer. The iterators are verified beside arming the probes
+        // (both take a CPU for tens of milliseconds, neither needs the
+        // other).
         // The listing runs in this thread, holding the CPU's task storage
-        // lock for a moment at each task: a probe that fires in an
-        // interrupt of this thread meanwhile could not make this thread's
-        // storage (a frame not recorded, which stops a swap), so it is
-        // made now.
+        // lock for a moment at each task: a probe that fires on that CPU
+        // meanwhile, in an interrupt of this thread, could not make this
+        // thread's storage (a frame not recorded, which stops a swap), so
+        // it is made now. Best effort: without it such a frame is a
+        // counted miss, which only retries a swap.
         let this_thread = nix::unistd::gettid().as_raw();
-        raw_bpf::task_storage_insert(watch.task_frames.as_fd(), this_thread, &TaskFrames::ZERO)?;
+        let _ = raw_bpf::task_storage_insert(watch.task_frames.as_fd(), this_thread, &TaskFrames::ZERO);
         // The frame listing has no such fallback: the counters themselves
         // need the kernel's BTF (task-local storage).
         let task_scan_btf = task_scan_btf?;
@@ -869,10 +871,8 @@ impl ModuleWatch {
                 Err(why) => self.session_refused = Some(why.to_string()),
             }
         } else {
-            self.session_refused = Some(
-                "no bpf_session_is_return or bpf_session_cookie in the kernel's BTF (Linux 6.10 has them)"
-                    .into(),
-            );
+            self.session_refused =
+                Some("no bpf_session_is_return in the kernel's BTF (Linux 6.10 has it)".into());
         }
         let returns = match MultiLink::attach(programs, PROGRAMS[1], &padded, true) {
             Ok(link) => link,
@@ -1534,12 +1534,19 @@ impl ModuleWatch {
 /// stacks do not show) — counts against every instance. A count read
 /// "negative" (it never is: each is raised before its frames are recorded
 /// and lowered after) would block too.
+///
+/// The instance's own count is read first, then slot 0: a frame that
+/// becomes mixed is added to slot 0 before it leaves its instance's count,
+/// so a reader that sees it gone from the one sees it in the other (the
+/// reads are acquire loads). Read the other way round, it could be in
+/// neither.
 fn blocking_frames(count: impl Fn(u32) -> u64, instance: u32, seeded: u64) -> u64 {
     let own = match frames_slot(instance) {
         0 => 0,
         slot => count(slot),
     };
-    count(0).saturating_add(own).saturating_add(seeded)
+    let unattributed = count(0);
+    unattributed.saturating_add(own).saturating_add(seeded)
 }
 
 /// Frames per instance, and frames that could serve any instance, as the

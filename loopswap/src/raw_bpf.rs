@@ -235,8 +235,6 @@ const BPF_TRACE_KPROBE_SESSION: u32 = 56;
 pub struct SessionKfuncs {
     /// `bpf_session_is_return`.
     pub is_return: u32,
-    /// `bpf_session_cookie`.
-    pub cookie: u32,
 }
 
 /// `instructions` with each call of a placeholder helper (`KFUNC_*`) made
@@ -251,7 +249,6 @@ fn with_kfunc_calls(instructions: &[bpf_insn], kfuncs: SessionKfuncs) -> Vec<bpf
         }
         let btf_id = match insn.imm as u32 {
             loopswap_common::KFUNC_SESSION_IS_RETURN => kfuncs.is_return,
-            loopswap_common::KFUNC_SESSION_COOKIE => kfuncs.cookie,
             _ => continue,
         };
         insn.set_src_reg(aya_obj::generated::BPF_PSEUDO_KFUNC_CALL as u8);
@@ -548,14 +545,17 @@ impl MappedCounts {
         })
     }
 
-    /// The count at `index` now (0 past the end).
+    /// The count at `index` now (0 past the end). An acquire load: a
+    /// count read after another sees every change made before the one
+    /// that other read saw (the programs' atomic adds are ordered).
     pub fn get(&self, index: usize) -> u64 {
         if index >= self.len {
             return 0;
         }
-        // SAFETY: within the mapping; the programs change it with atomic
-        // adds, so an aligned 8-byte read sees a whole value.
-        unsafe { self.counts.as_ptr().add(index).read_volatile() }
+        // SAFETY: an aligned u64 within the mapping, which lives as long
+        // as self; the programs change it only with atomic adds.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.counts.as_ptr().add(index)) }
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Every count now.
@@ -572,13 +572,17 @@ impl Drop for MappedCounts {
 }
 
 /// A descriptor for the thread `tid` (of this pid namespace) itself, not
-/// its thread group's leader (`PIDFD_THREAD`, Linux 6.9+); `None` if it is
-/// gone.
+/// its thread group's leader (`PIDFD_THREAD`, Linux 6.9+; before it only a
+/// thread group's leader has one); `None` if it is gone.
 fn thread_pidfd(tid: i32) -> Result<Option<OwnedFd>, Error> {
     const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
     // SAFETY: pidfd_open takes a pid and flags, and returns a new
     // descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+    let mut pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) };
+    if pidfd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: as above.
+        pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, 0) };
+    }
     if pidfd < 0 {
         let cause = std::io::Error::last_os_error();
         return match cause.raw_os_error() {

@@ -47,10 +47,7 @@ impl BenchProbeArgs {
             if self.session {
                 // An empty program returning 0 runs at the return too; it
                 // calls no kfunc, so no BTF id is needed.
-                let no_kfuncs = loopswap::raw_bpf::SessionKfuncs {
-                    is_return: 0,
-                    cookie: 0,
-                };
+                let no_kfuncs = loopswap::raw_bpf::SessionKfuncs { is_return: 0 };
                 multi_links.push(
                     loopswap::raw_bpf::MultiLink::attach_session(
                         programs,

@@ -345,12 +345,6 @@ fn enter(ctx: &ProbeContext) -> bool {
     } else {
         NO_INSTANCE
     };
-    // SAFETY: helper without arguments.
-    let entered_ns = if config_on(CONFIG_TIME_IN_FLIGHT) {
-        unsafe { bpf_ktime_get_ns() }
-    } else {
-        0
-    };
     let idle = key.tid & IDLE_TID_FLAG != 0;
     let Some(frames) = current_frames(idle, true) else {
         bump(&EVENTS, event::FRAMES_NOT_RECORDED);
@@ -378,10 +372,16 @@ fn enter(ctx: &ProbeContext) -> bool {
     };
     // Counted before it can be seen; the depth, written last, makes the
     // slot a frame (a listing that reads it reads the rest as written).
+    // Only an outermost frame is stamped: a nested one keeps its time.
     frames_add(instance, 1);
     frame.func = key.func;
     frame.value.instance = instance;
-    frame.value.entered_ns = entered_ns;
+    frame.value.entered_ns = if config_on(CONFIG_TIME_IN_FLIGHT) {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     // SAFETY: a field of this thread's own frames.
     unsafe { core::ptr::write_volatile(&raw mut frame.value.depth, 1) };
     true
@@ -584,6 +584,45 @@ fn config(slot: u32) -> u64 {
     SCAN_CONFIG.get(slot).copied().unwrap_or(0)
 }
 
+/// A task iterator's context (`iter/task`): its output, the task, and the
+/// task's address as a plain number (the verifier forbids variable offsets
+/// on a typed task pointer, so fields are read through the number); `None`
+/// past the last task.
+#[inline(always)]
+fn iterator_task(ctx: *const u64) -> Option<(*const IterMeta, *mut task_struct, u64)> {
+    // SAFETY: the iterator's context is (meta, task), both kernel pointers
+    // the verifier types from the attach point's BTF.
+    let (meta, task) = unsafe { (*ctx as *const IterMeta, *ctx.add(1) as *mut task_struct) };
+    if task.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let address: u64 = unsafe { bpf_probe_read_kernel(ctx.add(1)) }.unwrap_or(0);
+    Some((meta, task, address))
+}
+
+/// The field of the task at `address` whose offset `SCAN_CONFIG[slot]`
+/// holds.
+#[inline(always)]
+fn task_field<T>(address: u64, slot: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel((address + config(slot)) as *const T) }.ok()
+}
+
+/// Writes `record` to a task iterator's output.
+#[inline(always)]
+fn write_record<T>(meta: *const IterMeta, record: &T) {
+    // SAFETY: meta and its seq come from the iterator's context; record is
+    // a plain value of the size given.
+    unsafe {
+        bpf_seq_write(
+            (*meta).seq,
+            core::ptr::from_ref(record).cast(),
+            core::mem::size_of::<T>() as u32,
+        );
+    }
+}
+
 /// A task iterator (`iter/task`): writes a [`ScanRecord`] for every task
 /// whose kernel stack holds a return address in the module's text, and for
 /// every task whose stack could not be unwound (running on a CPU), so that
@@ -591,24 +630,11 @@ fn config(slot: u32) -> u64 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
-    // SAFETY: the iterator's context is (meta, task), both kernel pointers
-    // the verifier types from the attach point's BTF.
-    let (meta, task) = unsafe { (*ctx as *const IterMeta, *ctx.add(1) as *mut task_struct) };
-    if task.is_null() {
+    let Some((meta, task, address)) = iterator_task(ctx) else {
         return 0;
-    }
-    // The verifier forbids variable offsets on a typed task pointer: read
-    // the pointer's value as a plain number, and fields through it.
-    // SAFETY: bpf_probe_read_kernel checks every address.
-    let address: u64 = unsafe { bpf_probe_read_kernel(ctx.add(1)) }.unwrap_or(0);
-    let read = |slot: u32| -> Option<u32> {
-        // SAFETY: as above.
-        unsafe { bpf_probe_read_kernel((address + config(slot)) as *const u32) }.ok()
     };
-    let read_long = |slot: u32| -> Option<u64> {
-        // SAFETY: as above.
-        unsafe { bpf_probe_read_kernel((address + config(slot)) as *const u64) }.ok()
-    };
+    let read = |slot: u32| task_field::<u32>(address, slot);
+    let read_long = |slot: u32| task_field::<u64>(address, slot);
     let tid = read(SCAN_PID_OFFSET).unwrap_or(0);
     // A task that is not running and has not been switched out since a
     // scan found no frame of the module on its stack has not run since:
@@ -665,14 +691,7 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
         flags,
         pad: 0,
     };
-    // SAFETY: meta and its seq come from the iterator's context.
-    unsafe {
-        bpf_seq_write(
-            (*meta).seq,
-            (&raw const record).cast(),
-            core::mem::size_of::<ScanRecord>() as u32,
-        );
-    }
+    write_record(meta, &record);
     0
 }
 
@@ -683,21 +702,14 @@ extern "C" fn lsw_scan_tasks(ctx: *const u64) -> i32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 extern "C" fn lsw_list_frames(ctx: *const u64) -> i32 {
-    // SAFETY: the iterator's context is (meta, task), both kernel pointers
-    // the verifier types from the attach point's BTF.
-    let (meta, task) = unsafe { (*ctx as *const IterMeta, *ctx.add(1) as *mut task_struct) };
-    if task.is_null() {
+    let Some((meta, task, address)) = iterator_task(ctx) else {
         return 0;
-    }
+    };
     // SAFETY: a task the iterator gives; no storage is made.
     let Some(frames) = (unsafe { TASK_FRAMES.get(task, false).as_ref() }) else {
         return 0;
     };
-    // SAFETY: as in `lsw_scan_tasks`.
-    let address: u64 = unsafe { bpf_probe_read_kernel(ctx.add(1)) }.unwrap_or(0);
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let tid =
-        unsafe { bpf_probe_read_kernel((address + config(SCAN_PID_OFFSET)) as *const u32) }.unwrap_or(0);
+    let tid = task_field::<u32>(address, SCAN_PID_OFFSET).unwrap_or(0);
     for frame in &frames.frames {
         // Read first: the rest of a slot is written before its depth.
         // SAFETY: a field of a map value.
@@ -716,14 +728,7 @@ extern "C" fn lsw_list_frames(ctx: *const u64) -> i32 {
                 entered_ns: frame.value.entered_ns,
             },
         };
-        // SAFETY: meta and its seq come from the iterator's context.
-        unsafe {
-            bpf_seq_write(
-                (*meta).seq,
-                (&raw const record).cast(),
-                core::mem::size_of::<FrameRecord>() as u32,
-            );
-        }
+        write_record(meta, &record);
     }
     0
 }

@@ -216,7 +216,7 @@ struct NarrowCheck {
 const SWITCH_PROGRAM: &str = "lsw_switch";
 
 /// `BPF_NOEXIST`: add a map entry only if its key is not there.
-const BPF_NOEXIST: u64 = 1;
+const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
 
 /// Reads of the switch program's map before the narrow check gives up for
 /// a full scan (each read again because tasks were added meanwhile).

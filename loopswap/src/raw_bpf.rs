@@ -600,37 +600,47 @@ fn thread_pidfd(tid: i32) -> Result<Option<OwnedFd>, Error> {
 /// The value of the task storage map `map` for the thread `tid` (of this
 /// pid namespace): `None` if it has none, or is gone.
 pub fn task_storage_lookup<T: aya::Pod>(map: BorrowedFd<'_>, tid: i32) -> Result<Option<T>, Error> {
-    let Some(pidfd) = thread_pidfd(tid)? else {
-        return Ok(None);
-    };
-    let key: i32 = pidfd.as_raw_fd();
     let mut value = std::mem::MaybeUninit::<T>::zeroed();
-    // SAFETY: plain old data; zero is valid for every field.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the element member of a zeroed union.
-    let element = unsafe { &mut attr.__bindgen_anon_2 };
-    element.map_fd = map.as_raw_fd() as u32;
-    element.key = std::ptr::from_ref(&key) as u64;
-    element.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
-    match bpf(
+    let found = task_storage_element(
+        map,
+        tid,
         bpf_cmd::BPF_MAP_LOOKUP_ELEM,
-        &mut attr,
-        "BPF_MAP_LOOKUP_ELEM (task storage)",
-    ) {
-        // SAFETY: the kernel wrote a whole value; T is Pod.
-        Ok(_) => Ok(Some(unsafe { value.assume_init() })),
-        Err(Error::Io { cause, .. }) if matches!(cause.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
-            Ok(None)
-        }
-        Err(err) => Err(err),
-    }
+        value.as_mut_ptr() as u64,
+        0,
+        &[libc::ENOENT, libc::ESRCH],
+    )?;
+    // SAFETY: the kernel wrote a whole value; T is Pod.
+    Ok(found.then(|| unsafe { value.assume_init() }))
 }
 
 /// Gives the thread `tid` (of this pid namespace) the value `value` in the
 /// task storage map `map`, unless it has one.
 pub fn task_storage_insert<T: aya::Pod>(map: BorrowedFd<'_>, tid: i32, value: &T) -> Result<(), Error> {
+    task_storage_element(
+        map,
+        tid,
+        bpf_cmd::BPF_MAP_UPDATE_ELEM,
+        std::ptr::from_ref(value) as u64,
+        u64::from(aya_obj::generated::BPF_NOEXIST),
+        &[libc::EEXIST],
+    )
+    .map(drop)
+}
+
+/// Runs `command` (a map element command) on the element of the task
+/// storage map `map` for the thread `tid`, keyed by its pidfd, with
+/// `value` and `flags`. False when the thread is gone or the kernel
+/// answered one of the `expected` errors.
+fn task_storage_element(
+    map: BorrowedFd<'_>,
+    tid: i32,
+    command: bpf_cmd,
+    value: u64,
+    flags: u64,
+    expected: &[i32],
+) -> Result<bool, Error> {
     let Some(pidfd) = thread_pidfd(tid)? else {
-        return Ok(());
+        return Ok(false);
     };
     let key: i32 = pidfd.as_raw_fd();
     // SAFETY: plain old data; zero is valid for every field.
@@ -639,15 +649,17 @@ pub fn task_storage_insert<T: aya::Pod>(map: BorrowedFd<'_>, tid: i32, value: &T
     let element = unsafe { &mut attr.__bindgen_anon_2 };
     element.map_fd = map.as_raw_fd() as u32;
     element.key = std::ptr::from_ref(&key) as u64;
-    element.__bindgen_anon_1.value = std::ptr::from_ref(value) as u64;
-    element.flags = 1; // BPF_NOEXIST
-    match bpf(
-        bpf_cmd::BPF_MAP_UPDATE_ELEM,
-        &mut attr,
-        "BPF_MAP_UPDATE_ELEM (task storage)",
-    ) {
-        Ok(_) => Ok(()),
-        Err(Error::Io { cause, .. }) if cause.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+    element.__bindgen_anon_1.value = value;
+    element.flags = flags;
+    match bpf(command, &mut attr, "a task storage element") {
+        Ok(_) => Ok(true),
+        Err(Error::Io { cause, .. })
+            if cause
+                .raw_os_error()
+                .is_some_and(|errno| expected.contains(&errno)) =>
+        {
+            Ok(false)
+        }
         Err(err) => Err(err),
     }
 }

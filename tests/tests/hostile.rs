@@ -265,7 +265,12 @@ echo '== status-count'; grep -o '\"name\":\"lswloop[0-9]*\"' /tmp/status.json | 
 # 66 KB, could fit once head had read its first block.)
 echo '== head'; (set +e; loopswap status --json; echo \"pipe=$?\" > /tmp/pipe) | head -c 12; echo; cat /tmp/pipe
 echo '== status-bytes'; wc -c < /tmp/status.json
-loopswap swap --all --to /modules/lswloop_v2.ko --json > /tmp/swap.json 2> /tmp/swap.err
+# A failed swap is asserted on below with its last lines of stderr, not
+# cut short by set -e with nothing said.
+swap_exit=0
+loopswap swap --all --to /modules/lswloop_v2.ko --json > /tmp/swap.json 2> /tmp/swap.err || swap_exit=$?
+echo '== swap-exit'; echo $swap_exit
+echo '== swap-stderr'; tail -n 5 /tmp/swap.err
 echo '== committed'; grep -o '\"committed\":true' /tmp/swap.json | wc -l
 echo '== attaches'; grep -o '\"phase\":\"attach\"' /tmp/swap.json | wc -l
 echo '== on-v2'; grep -c ' impl=lswloop_v2' /sys/kernel/lswloop/devices
@@ -293,6 +298,7 @@ echo '== end'
         status_bytes > 96 * 1024,
         "{status_bytes} bytes: too few to outgrow the pipe and head's read"
     );
+    assert_eq!(section(out, "swap-exit"), ["0"], "{out}");
     assert_eq!(section(out, "committed"), ["1000"], "{out}");
     // The counters attach once for the old module, not once per instance.
     assert_eq!(section(out, "attaches"), ["1"], "{out}");

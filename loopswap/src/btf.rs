@@ -98,7 +98,7 @@ fn scan(btf: &[u8], name: &str, members: &[&str], funcs: &[&str]) -> Option<Foun
 }
 
 /// What the task scan needs from the running kernel's BTF, read once.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct TaskScanBtf {
     /// Offsets of `task_struct` members by name; those the kernel does not
     /// have are missing.
@@ -114,19 +114,41 @@ const ITER_TASK: &str = "bpf_iter_task";
 const SESSION_IS_RETURN: &str = "bpf_session_is_return";
 
 /// Reads `/sys/kernel/btf/vmlinux` for the task scan and the counters.
+/// The kernel's BTF is this boot's, so what was found in it is cached
+/// for the boot (see [`crate::run_cache`]): the pass over its 5 MB took
+/// about 50 ms of every attach under emulation.
 pub fn task_scan_btf(members: &[&str]) -> Result<TaskScanBtf, Error> {
     const PATH: &str = "/sys/kernel/btf/vmlinux";
+    let key = crate::run_cache::boot_id().map(|boot| {
+        format!(
+            "{boot} task_struct {} funcs {}",
+            members.join(","),
+            [ITER_TASK, SESSION_IS_RETURN].join(",")
+        )
+    });
+    if let Some(key) = &key
+        && let Some(body) = crate::run_cache::read("btf", "vmlinux", key)
+        && let Ok(cached) = serde_json::from_str(&body)
+    {
+        return Ok(cached);
+    }
     let btf = std::fs::read(PATH).map_err(|cause| Error::Io {
         path: PATH.into(),
         cause,
     })?;
     let found = scan(&btf, "task_struct", members, &[ITER_TASK, SESSION_IS_RETURN]).unwrap_or_default();
     let id = |name: &str| found.func_ids.get(name).copied();
-    Ok(TaskScanBtf {
+    let scanned = TaskScanBtf {
         task_offsets: found.members.clone().unwrap_or_default(),
         iter_task_id: id(ITER_TASK),
         session_kfuncs: id(SESSION_IS_RETURN).map(|is_return| crate::raw_bpf::SessionKfuncs { is_return }),
-    })
+    };
+    if let Some(key) = &key
+        && let Ok(body) = serde_json::to_string(&scanned)
+    {
+        crate::run_cache::write("btf", "vmlinux", key, &body);
+    }
+    Ok(scanned)
 }
 
 #[cfg(test)]

@@ -87,8 +87,13 @@ pub struct ModuleWatch {
     /// Each thread's frames inside the module (`TASK_FRAMES`, task-local
     /// storage), read for one thread by its pidfd...
     task_frames: std::os::fd::OwnedFd,
-    /// ...and for every thread by this iterator (`lsw_list_frames`).
+    /// ...and for every thread by this iterator (`lsw_list_frames`),
+    /// loaded when first needed: a swap of an idle instance never lists
+    /// frames (nothing is counted), and verifying the iterator took about
+    /// 25 ms of every attach under emulation...
     frame_listing: Option<TaskIterator>,
+    /// ...attached to this BTF id (`bpf_iter_task`).
+    listing_btf_id: u32,
     /// The frames of interrupts on the idle tasks, per CPU.
     idle_frames: PerCpuArray<MapData, TaskFrames>,
     /// Frames by the instance they serve (`frames_slot`), mapped.
@@ -238,8 +243,10 @@ const SCAN_PROGRAM: &str = "lsw_scan_tasks";
 const LISTING_PROGRAM: &str = "lsw_list_frames";
 
 /// The maps sized for the module's functions: a time histogram per
-/// function, and the table from text slot to function.
-const SIZED_BY_FUNCTIONS: [&str; 2] = ["TIME_BY_FUNCTION", "FUNC_BY_SLOT"];
+/// function, the table from text slot to function, and the calls per
+/// function (made for `MAX_FUNCTIONS`, its per-CPU memory took 15-30 ms
+/// of every attach under emulation).
+const SIZED_BY_FUNCTIONS: [&str; 3] = ["TIME_BY_FUNCTION", "FUNC_BY_SLOT", "CALLS"];
 
 /// Most kernel memory the per-function time-in-flight histograms may take
 /// (functions x CPUs x 328 bytes: 2,000 functions on 100 CPUs).
@@ -273,23 +280,19 @@ impl ModuleWatch {
         }
         module::check_root()?;
         module::check_live(&module)?;
-        // The slow parts side by side: the module's symbols (the kernel
-        // formats every symbol before them); the kernel's BTF; and the
-        // object, parsed, with every map whose size does not depend on
-        // the module's functions (aya probes the kernel's features at the
-        // first).
+        // The slow parts side by side: the object, parsed, with every map
+        // whose size does not depend on the module's functions; and the
+        // module's symbols (the kernel formats every symbol before them)
+        // then the kernel's BTF, each usually from this boot's cache (see
+        // `run_cache`), so in this thread (one thread made, not two).
         let (kallsyms, task_scan_btf, object) = std::thread::scope(|scope| {
-            let btf = scope.spawn(|| crate::btf::task_scan_btf(&TASK_MEMBERS));
             let object = scope.spawn(|| LoadedObject::begin(OBJECT, &SIZED_BY_FUNCTIONS));
             let kallsyms = kallsyms::module_symbols(&module).map_err(|cause| Error::Io {
                 path: "/proc/kallsyms".into(),
                 cause,
             });
-            (
-                kallsyms,
-                btf.join().expect("the BTF scan does not panic"),
-                object.join().expect("loading does not panic"),
-            )
+            let btf = crate::btf::task_scan_btf(&TASK_MEMBERS);
+            (kallsyms, btf, object.join().expect("loading does not panic"))
         });
         let kallsyms = kallsyms?;
         let tracefs = tracefs::root()?;
@@ -325,6 +328,7 @@ impl ModuleWatch {
         let sizes = [
             if time_in_flight { functions.len() as u32 } else { 1 },
             slots.as_ref().map_or(1, |(_, table)| table.len() as u32),
+            functions.len() as u32,
         ];
         let sized: Vec<(&str, u32)> = SIZED_BY_FUNCTIONS.into_iter().zip(sizes).collect();
         let mut ebpf = object?.finish(&sized)?;
@@ -392,6 +396,7 @@ impl ModuleWatch {
                 raw_bpf::map_fd("TASK_FRAMES", &map)?
             },
             frame_listing: None,
+            listing_btf_id: 0,
             idle_frames: PerCpuArray::try_from(ebpf.take_map("IDLE_FRAMES")?)?,
             frames_by_instance: MappedCounts::new(
                 "FRAMES_BY_INSTANCE",
@@ -435,9 +440,9 @@ impl ModuleWatch {
             .collect();
         // Without the scan iterator (refused, or a nested pid namespace)
         // every task's /proc stack is read instead: slower, the same
-        // answer. The iterators are verified beside arming the probes
-        // (both take a CPU for tens of milliseconds, neither needs the
-        // other).
+        // answer. The scan iterator is verified beside arming the probes
+        // (both take a CPU for milliseconds, tens under emulation, and
+        // neither needs the other); the listing iterator at its first use.
         // The listing runs in this thread, holding the CPU's task storage
         // lock for a moment at each task: a probe that fires on that CPU
         // meanwhile, in an interrupt of this thread, could not make this
@@ -450,25 +455,21 @@ impl ModuleWatch {
         // need the kernel's BTF (task-local storage).
         let task_scan_btf = task_scan_btf?;
         watch.session_kfuncs = task_scan_btf.session_kfuncs;
-        let listing_btf_id = watch.configure_frame_listing(&task_scan_btf)?;
+        watch.listing_btf_id = watch.configure_frame_listing(&task_scan_btf)?;
         let scan_btf_id = watch.configure_task_scan(&task_scan_btf);
         let programs = std::sync::Arc::clone(watch.object.programs());
-        let (iterators, armed) = std::thread::scope(|scope| {
-            let iterators = scope.spawn(move || {
-                let listing = TaskIterator::load(&programs, LISTING_PROGRAM, listing_btf_id);
-                let scan = scan_btf_id.and_then(|btf_id| TaskIterator::load(&programs, SCAN_PROGRAM, btf_id));
-                (listing, scan)
+        let (scan, armed) = std::thread::scope(|scope| {
+            let scan = scope.spawn(move || {
+                scan_btf_id.and_then(|btf_id| TaskIterator::load(&programs, SCAN_PROGRAM, btf_id))
             });
             let armed = watch.arm(options.max_active);
-            (iterators.join().expect("loading does not panic"), armed)
+            (scan.join().expect("loading does not panic"), armed)
         });
-        let (listing, scan) = iterators;
         match scan {
             Ok(iterator) => watch.task_scan = Some(iterator),
             Err(why) => watch.task_scan_refused = Some(why.to_string()),
         }
         armed?;
-        watch.frame_listing = Some(listing?);
         if options.attribute_instances {
             watch.time_instances();
         }
@@ -1190,10 +1191,14 @@ impl ModuleWatch {
     /// listed: the listing visits every task, and while a map syscall
     /// runs the probes skip any call of the module made on that CPU (an
     /// interrupt's: the v2 sampler timer's), a miss that fails the swap.
-    fn tracked_entries(&self) -> Result<Vec<(InflightKey, InflightValue)>, Error> {
+    fn tracked_entries(&mut self) -> Result<Vec<(InflightKey, InflightValue)>, Error> {
         let mut entries = Vec::new();
         if self.frames_by_instance.all().all(|count| count == 0) {
             return Ok(entries);
+        }
+        if self.frame_listing.is_none() {
+            let listing = TaskIterator::load(self.object.programs(), LISTING_PROGRAM, self.listing_btf_id)?;
+            self.frame_listing = Some(listing);
         }
         if let Some(listing) = &self.frame_listing {
             let bytes = listing.run()?;

@@ -115,30 +115,28 @@ pub fn module_lines(mut source: impl std::io::Read, module: &str) -> std::io::Re
     Ok(kept)
 }
 
-/// Where [`module_symbols`] keeps what it read: tmpfs, gone at reboot.
-const CACHE_DIR: &str = "/run/loopswap/symbols";
-
 /// What makes one loaded module's symbols what they are: the boot, the
 /// build (its GNU build id, unique per build) and where its memory starts
 /// (every function's address is a fixed offset from there in one build).
 /// `None` when any part is unknown: then nothing is cached.
 fn module_identity(module: &str) -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot = crate::run_cache::boot_id()?;
     let note = std::fs::read(format!("/sys/module/{module}/notes/.note.gnu.build-id")).ok()?;
     let (base, size) = crate::module::memory(module)?;
     let build: String = note.iter().map(|byte| format!("{byte:02x}")).collect();
-    Some(format!("{} {base:x} {size} {build}", boot.trim()))
+    Some(format!("{boot} {base:x} {size} {build}"))
 }
+
+/// Where [`module_symbols`] keeps what it read, under `/run/loopswap`.
+const CACHE_KIND: &str = "symbols";
 
 /// The `/proc/kallsyms` lines of `module` (see [`module_lines`]). Reading
 /// them costs the kernel formatting every symbol of the kernel first, half
-/// a second under emulation: they are kept in a cache under
-/// `/run/loopswap`, used only for the very same loaded module (same boot,
-/// build id and base address). A cache that cannot be read or written is
-/// not an error: the symbols are read from the kernel.
+/// a second under emulation: they are cached (see [`crate::run_cache`]),
+/// used only for the very same loaded module (same boot, build id and base
+/// address).
 pub fn module_symbols(module: &str) -> std::io::Result<String> {
     let identity = module_identity(module);
-    let path = std::path::Path::new(CACHE_DIR).join(module);
     let within_module = |lines: &str| {
         let Some((base, size)) = crate::module::memory(module) else {
             return false;
@@ -150,12 +148,10 @@ pub fn module_symbols(module: &str) -> std::io::Result<String> {
             .all(|symbol| (base..base + size).contains(&symbol.address))
     };
     if let Some(identity) = &identity
-        && let Ok(cached) = std::fs::read_to_string(&path)
-        && let Some((key, lines)) = cached.split_once('\n')
-        && key == identity
-        && within_module(lines)
+        && let Some(lines) = crate::run_cache::read(CACHE_KIND, module, identity)
+        && within_module(&lines)
     {
-        return Ok(lines.to_owned());
+        return Ok(lines);
     }
     let lines = module_lines(std::fs::File::open("/proc/kallsyms")?, module)?;
     // Cached only if the module stayed the same while it was read (it could
@@ -164,14 +160,8 @@ pub fn module_symbols(module: &str) -> std::io::Result<String> {
         && module_identity(module).as_ref() == Some(&identity)
         && within_module(&lines)
         && !lines.is_empty()
-        && std::fs::create_dir_all(CACHE_DIR).is_ok()
     {
-        // Written whole, then renamed: a reader never sees half a file.
-        let partial = path.with_extension(format!("{}.partial", std::process::id()));
-        if std::fs::write(&partial, format!("{identity}\n{lines}")).is_ok() {
-            let _ = std::fs::rename(&partial, &path);
-        }
-        let _ = std::fs::remove_file(&partial);
+        crate::run_cache::write(CACHE_KIND, module, &identity, &lines);
     }
     Ok(lines)
 }

@@ -231,7 +231,7 @@ impl Programs {
 const BPF_TRACE_KPROBE_SESSION: u32 = 56;
 
 /// The kernel BTF ids of the kfuncs a kprobe.session program calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionKfuncs {
     /// `bpf_session_is_return`.
     pub is_return: u32,

@@ -374,7 +374,6 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapR
     }
     // Every input error before anything is loaded or attached.
     resolve_instances(&state, options, &to, registered_class.as_deref())?;
-    lock_memory()?;
 
     let mut loaded = None;
     if let (None, Some(file)) = (&registered_class, &module_file) {
@@ -705,6 +704,11 @@ async fn swap_one(
         }
     };
     control.move_above_other_descriptors()?;
+    // Locked only now, before any gate closes: locked from the start,
+    // every mapping the attach makes (each thread's stack, each buffer)
+    // was faulted in whole as it was made, tens of milliseconds under
+    // emulation. A later call finds it all locked already.
+    lock_memory()?;
     if first_use {
         phases.record(&mut report, "attach", at);
     }

@@ -92,8 +92,10 @@ pub struct ModuleWatch {
     /// frames (nothing is counted), and verifying the iterator took about
     /// 25 ms of every attach under emulation...
     frame_listing: Option<TaskIterator>,
-    /// ...attached to this BTF id (`bpf_iter_task`).
+    /// ...attached to this BTF id (`bpf_iter_task`)...
     listing_btf_id: u32,
+    /// ...or why it could not be loaded (not tried again).
+    listing_refused: Option<String>,
     /// The frames of interrupts on the idle tasks, per CPU.
     idle_frames: PerCpuArray<MapData, TaskFrames>,
     /// Frames by the instance they serve (`frames_slot`), mapped.
@@ -397,6 +399,7 @@ impl ModuleWatch {
             },
             frame_listing: None,
             listing_btf_id: 0,
+            listing_refused: None,
             idle_frames: PerCpuArray::try_from(ebpf.take_map("IDLE_FRAMES")?)?,
             frames_by_instance: MappedCounts::new(
                 "FRAMES_BY_INSTANCE",
@@ -1197,8 +1200,19 @@ impl ModuleWatch {
             return Ok(entries);
         }
         if self.frame_listing.is_none() {
-            let listing = TaskIterator::load(self.object.programs(), LISTING_PROGRAM, self.listing_btf_id)?;
-            self.frame_listing = Some(listing);
+            if let Some(why) = &self.listing_refused {
+                return Err(Error::Io {
+                    path: LISTING_PROGRAM.into(),
+                    cause: std::io::Error::other(why.clone()),
+                });
+            }
+            match TaskIterator::load(self.object.programs(), LISTING_PROGRAM, self.listing_btf_id) {
+                Ok(listing) => self.frame_listing = Some(listing),
+                Err(err) => {
+                    self.listing_refused = Some(err.to_string());
+                    return Err(err);
+                }
+            }
         }
         if let Some(listing) = &self.frame_listing {
             let bytes = listing.run()?;

@@ -1,17 +1,24 @@
-//! Small caches under `/run/loopswap` (tmpfs, writable by root only, gone
-//! at reboot) for what costs the kernel or this process a lot to produce
-//! and stays the same for a boot or a loaded module. A file is a key line
-//! naming exactly what the body was made from, then the body; a cache that
-//! cannot be read or written, or whose key differs, is never an error: the
-//! caller makes the body again.
+//! Small caches under `/run/loopswap` (tmpfs, gone at reboot) for what
+//! costs the kernel or this process a lot to produce and stays the same
+//! for a boot or a loaded module. A file is a key line naming exactly what
+//! the body was made from, then the body. The key always starts with the
+//! cache format and the identity of the loopswap binary that wrote it: a
+//! body is never read by another build, which might make it differently.
+//! Only files and folders owned by this user and writable by no one else
+//! are read (some bodies are offsets the probes read kernel memory at).
+//! A cache that cannot be read or written, or whose key differs, is never
+//! an error: the caller makes the body again.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
 
 const ROOT: &str = "/run/loopswap";
 
-fn path(kind: &str, name: &str) -> PathBuf {
-    PathBuf::from(ROOT).join(kind).join(name)
-}
+/// Changed whenever a body's format changes.
+const FORMAT: &str = "loopswap-cache-1";
 
 /// This boot's id: a cache made in another boot is never used.
 pub fn boot_id() -> Option<String> {
@@ -19,33 +26,80 @@ pub fn boot_id() -> Option<String> {
     Some(id.trim().to_owned())
 }
 
+/// The running binary, as its file: a reinstalled loopswap is another.
+fn maker() -> Option<String> {
+    let exe = std::fs::metadata("/proc/self/exe").ok()?;
+    Some(format!(
+        "{FORMAT} {} {}:{} {} {}.{}",
+        env!("CARGO_PKG_VERSION"),
+        exe.dev(),
+        exe.ino(),
+        exe.size(),
+        exe.mtime(),
+        exe.mtime_nsec()
+    ))
+}
+
 /// The body cached as `kind/name` under exactly `key`.
 pub fn read(kind: &str, name: &str, key: &str) -> Option<String> {
-    read_at(&path(kind, name), key)
+    read_at(Path::new(ROOT), &[kind, name], &format!("{} {key}", maker()?))
 }
 
 /// Caches `body` as `kind/name` under `key` (one line), best effort.
 pub fn write(kind: &str, name: &str, key: &str, body: &str) {
-    write_at(&path(kind, name), key, body);
+    if let Some(maker) = maker() {
+        write_at(Path::new(ROOT), &[kind, name], &format!("{maker} {key}"), body);
+    }
 }
 
-fn read_at(path: &Path, key: &str) -> Option<String> {
-    let cached = std::fs::read_to_string(path).ok()?;
+/// Owned by this user and writable by no one else.
+fn trusted(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0)
+}
+
+fn read_at(root: &Path, parts: &[&str], key: &str) -> Option<String> {
+    let mut path = root.to_path_buf();
+    if !trusted(&path) {
+        return None;
+    }
+    for part in parts {
+        path.push(part);
+        if !trusted(&path) {
+            return None;
+        }
+    }
+    let cached = std::fs::read_to_string(&path).ok()?;
     let (cached_key, body) = cached.split_once('\n')?;
     (cached_key == key).then(|| body.to_owned())
 }
 
-fn write_at(path: &Path, key: &str, body: &str) {
+fn write_at(root: &Path, parts: &[&str], key: &str, body: &str) {
+    let path: PathBuf = parts
+        .iter()
+        .fold(root.to_path_buf(), |path, part| path.join(part));
     let Some(folder) = path.parent() else {
         return;
     };
-    if key.contains('\n') || std::fs::create_dir_all(folder).is_err() {
+    if key.contains('\n')
+        || std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(folder)
+            .is_err()
+    {
         return;
     }
     // Written whole, then renamed: a reader never sees half a file.
     let partial = path.with_extension(format!("{}.partial", std::process::id()));
-    if std::fs::write(&partial, format!("{key}\n{body}")).is_ok() {
-        let _ = std::fs::rename(&partial, path);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .and_then(|mut file| file.write_all(format!("{key}\n{body}").as_bytes()));
+    if written.is_ok() {
+        let _ = std::fs::rename(&partial, &path);
     }
     let _ = std::fs::remove_file(&partial);
 }
@@ -55,23 +109,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_body_is_read_back_only_under_its_own_key() {
-        let folder = std::env::temp_dir().join(format!("loopswap-run-cache-{}", std::process::id()));
-        let path = folder.join("kind").join("name");
-        assert_eq!(read_at(&path, "key"), None);
-        write_at(&path, "boot-1 a,b", "line one\nline two\n");
+    fn a_body_is_read_back_only_under_its_own_key_from_trusted_files() {
+        let root = std::env::temp_dir().join(format!("loopswap-run-cache-{}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&root).unwrap();
+        let parts = ["kind", "name"];
+        assert_eq!(read_at(&root, &parts, "key"), None);
+        write_at(&root, &parts, "boot-1 a,b", "line one\nline two\n");
         assert_eq!(
-            read_at(&path, "boot-1 a,b").as_deref(),
+            read_at(&root, &parts, "boot-1 a,b").as_deref(),
             Some("line one\nline two\n")
         );
-        assert_eq!(read_at(&path, "boot-2 a,b"), None);
-        assert_eq!(read_at(&path, "boot-1 a"), None);
+        assert_eq!(read_at(&root, &parts, "boot-2 a,b"), None);
+        assert_eq!(read_at(&root, &parts, "boot-1 a"), None);
         // A key of two lines could be mistaken for a key and a body.
-        write_at(&path, "boot-3\nbody", "x");
+        write_at(&root, &parts, "boot-3\nbody", "x");
         assert_eq!(
-            read_at(&path, "boot-1 a,b").as_deref(),
+            read_at(&root, &parts, "boot-1 a,b").as_deref(),
             Some("line one\nline two\n")
         );
-        std::fs::remove_dir_all(&folder).unwrap();
+        // A file others may write is not read.
+        let file = root.join("kind").join("name");
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        assert_eq!(read_at(&root, &parts, "boot-1 a,b"), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_key_names_this_binary() {
+        let maker = maker().unwrap();
+        assert!(maker.starts_with(FORMAT), "{maker}");
+        assert!(maker.contains(env!("CARGO_PKG_VERSION")), "{maker}");
     }
 }

@@ -337,13 +337,21 @@ pub fn cancelled() -> bool {
 }
 
 /// Keeps the controller's memory resident: a page fault while a gate is
-/// closed must not need I/O that could wait at that gate.
+/// closed must not need I/O that could wait at that gate. Once per process
+/// (`MCL_FUTURE` keeps every later mapping locked; each call would walk
+/// and populate the whole address space again).
 fn lock_memory() -> Result<(), Error> {
     use nix::sys::mman::{MlockAllFlags, mlockall};
+    static LOCKED: AtomicBool = AtomicBool::new(false);
+    if LOCKED.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(|errno| Error::Io {
         path: "mlockall".into(),
         cause: std::io::Error::from_raw_os_error(errno as i32),
-    })
+    })?;
+    LOCKED.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 /// The whole swap. Refusals before any change are errors; a swap that had
@@ -704,10 +712,10 @@ async fn swap_one(
         }
     };
     control.move_above_other_descriptors()?;
-    // Locked only now, before any gate closes: locked from the start,
-    // every mapping the attach makes (each thread's stack, each buffer)
-    // was faulted in whole as it was made, tens of milliseconds under
-    // emulation. A later call finds it all locked already.
+    // Locked only now, after the first attach and before any gate closes:
+    // locked from the start, every mapping the attach makes (each thread's
+    // stack, each buffer) was faulted in whole as it was made, tens of
+    // milliseconds under emulation.
     lock_memory()?;
     if first_use {
         phases.record(&mut report, "attach", at);
@@ -894,7 +902,11 @@ fn abort(
     watch: &mut ModuleWatch,
     module: &str,
 ) {
-    // Who held quiescence up, read before the gate reopens.
+    // Who held quiescence up, read before the gate reopens. With frames
+    // counted and no listing made yet, this verifies the listing iterator
+    // while the gate is closed (a millisecond or two, tens under
+    // emulation): only in an abort, which mostly follows a wait that
+    // lasted --timeout.
     if let Ok(snapshot) = watch.snapshot() {
         report.busy_functions = snapshot
             .functions

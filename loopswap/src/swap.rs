@@ -443,7 +443,7 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapR
             // A probe miss makes quiescence unprovable, not false: the swap was
             // aborted safely, and a fresh attach starts with clean counters.
             let mut attempts = 0;
-            let report = loop {
+            let mut report = loop {
                 attempts += 1;
                 let report = swap_one(
                     &mut control,
@@ -463,6 +463,12 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapR
             };
             if report.unprovable {
                 *counters = Counters::default();
+                if !report.committed
+                    && !cancelled()
+                    && let Some(error) = &mut report.error
+                {
+                    error.push_str(&unprovable_every_time(attempts));
+                }
             }
             let committed = report.committed;
             reports.push(report);
@@ -891,6 +897,17 @@ fn missed_reason(missed: u64, watch: &ModuleWatch) -> String {
     )
 }
 
+/// What a swap refused for misses at every attempt adds to its reason:
+/// that each attempt was refused, and what to do about it.
+fn unprovable_every_time(attempts: u32) -> String {
+    format!(
+        " (refused so in each of {attempts} attempts, each with fresh counters; the instance is unchanged: \
+         run the swap again, at a quieter moment if it keeps failing: the kernel skips a probe run \
+         when one of the module's timers fires inside another BPF program's run on that CPU, \
+         most often under load)"
+    )
+}
+
 fn interrupted() -> String {
     "interrupted by SIGINT or SIGTERM".into()
 }
@@ -1014,6 +1031,14 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
             force_wait: false,
             pause_after: None,
         }
+    }
+
+    #[test]
+    fn a_swap_refused_for_misses_every_time_says_so_and_what_to_do() {
+        let said = unprovable_every_time(MISS_ATTEMPTS);
+        assert!(said.contains("each of 4 attempts"), "{said}");
+        assert!(said.contains("run the swap again"), "{said}");
+        assert!(!said.contains('\n'), "{said}");
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct TaskScanBtf {
 
 const ITER_TASK: &str = "bpf_iter_task";
 const SESSION_IS_RETURN: &str = "bpf_session_is_return";
+/// The functions whose type ids the pass finds.
+const FUNCS: [&str; 2] = [ITER_TASK, SESSION_IS_RETURN];
 
 /// Reads `/sys/kernel/btf/vmlinux` for the task scan and the counters.
 /// The kernel's BTF is this boot's, so what was found in it is cached
@@ -119,15 +121,9 @@ const SESSION_IS_RETURN: &str = "bpf_session_is_return";
 /// about 50 ms of every attach under emulation.
 pub fn task_scan_btf(members: &[&str]) -> Result<TaskScanBtf, Error> {
     const PATH: &str = "/sys/kernel/btf/vmlinux";
-    let key = crate::run_cache::boot_id().map(|boot| {
-        format!(
-            "{boot} task_struct {} funcs {}",
-            members.join(","),
-            [ITER_TASK, SESSION_IS_RETURN].join(",")
-        )
-    });
-    if let Some(key) = &key
-        && let Some(body) = crate::run_cache::read("btf", "vmlinux", key)
+    const CACHED_AS: (&str, &str) = ("btf", "vmlinux");
+    let key = format!("task_struct {} funcs {}", members.join(","), FUNCS.join(","));
+    if let Some(body) = crate::run_cache::read(CACHED_AS.0, CACHED_AS.1, &key)
         && let Ok(cached) = serde_json::from_str(&body)
     {
         return Ok(cached);
@@ -136,17 +132,15 @@ pub fn task_scan_btf(members: &[&str]) -> Result<TaskScanBtf, Error> {
         path: PATH.into(),
         cause,
     })?;
-    let found = scan(&btf, "task_struct", members, &[ITER_TASK, SESSION_IS_RETURN]).unwrap_or_default();
+    let found = scan(&btf, "task_struct", members, &FUNCS).unwrap_or_default();
     let id = |name: &str| found.func_ids.get(name).copied();
     let scanned = TaskScanBtf {
         task_offsets: found.members.clone().unwrap_or_default(),
         iter_task_id: id(ITER_TASK),
         session_kfuncs: id(SESSION_IS_RETURN).map(|is_return| crate::raw_bpf::SessionKfuncs { is_return }),
     };
-    if let Some(key) = &key
-        && let Ok(body) = serde_json::to_string(&scanned)
-    {
-        crate::run_cache::write("btf", "vmlinux", key, &body);
+    if let Ok(body) = serde_json::to_string(&scanned) {
+        crate::run_cache::write(CACHED_AS.0, CACHED_AS.1, &key, &body);
     }
     Ok(scanned)
 }

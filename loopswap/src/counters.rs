@@ -1199,6 +1199,28 @@ impl ModuleWatch {
         if self.frames_by_instance.all().all(|count| count == 0) {
             return Ok(entries);
         }
+        let bytes = self.frame_listing()?.run()?;
+        for record in bytes.chunks_exact(std::mem::size_of::<FrameRecord>()) {
+            // SAFETY: FrameRecord is plain old data of exactly this size;
+            // the read is unaligned.
+            let record: FrameRecord = unsafe { record.as_ptr().cast::<FrameRecord>().read_unaligned() };
+            entries.push((record.key, record.value));
+        }
+        for (cpu, frames) in self.idle_frames.get(&0, 0)?.iter().enumerate() {
+            for frame in frames.frames.iter().filter(|frame| frame.value.depth > 0) {
+                let key = InflightKey {
+                    tid: IDLE_TID_FLAG | cpu as u32,
+                    func: frame.func,
+                };
+                entries.push((key, frame.value));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The frame listing, loaded at its first use (a refusal is kept and
+    /// given again, not retried).
+    fn frame_listing(&mut self) -> Result<&TaskIterator, Error> {
         if self.frame_listing.is_none() {
             if let Some(why) = &self.listing_refused {
                 return Err(Error::Io {
@@ -1214,25 +1236,7 @@ impl ModuleWatch {
                 }
             }
         }
-        if let Some(listing) = &self.frame_listing {
-            let bytes = listing.run()?;
-            for record in bytes.chunks_exact(std::mem::size_of::<FrameRecord>()) {
-                // SAFETY: FrameRecord is plain old data of exactly this
-                // size; the read is unaligned.
-                let record: FrameRecord = unsafe { record.as_ptr().cast::<FrameRecord>().read_unaligned() };
-                entries.push((record.key, record.value));
-            }
-        }
-        for (cpu, frames) in self.idle_frames.get(&0, 0)?.iter().enumerate() {
-            for frame in frames.frames.iter().filter(|frame| frame.value.depth > 0) {
-                let key = InflightKey {
-                    tid: IDLE_TID_FLAG | cpu as u32,
-                    func: frame.func,
-                };
-                entries.push((key, frame.value));
-            }
-        }
-        Ok(entries)
+        Ok(self.frame_listing.as_ref().expect("loaded above"))
     }
 
     /// The counts now.

@@ -115,16 +115,16 @@ pub fn module_lines(mut source: impl std::io::Read, module: &str) -> std::io::Re
     Ok(kept)
 }
 
-/// What makes one loaded module's symbols what they are: the boot, the
-/// build (its GNU build id, unique per build) and where its memory starts
-/// (every function's address is a fixed offset from there in one build).
-/// `None` when any part is unknown: then nothing is cached.
+/// What makes one loaded module's symbols what they are within a boot
+/// (the cache adds the boot): the build (its GNU build id, unique per
+/// build) and where its memory starts (every function's address is a
+/// fixed offset from there in one build). `None` when any part is
+/// unknown: then nothing is cached.
 fn module_identity(module: &str) -> Option<String> {
-    let boot = crate::run_cache::boot_id()?;
     let note = std::fs::read(format!("/sys/module/{module}/notes/.note.gnu.build-id")).ok()?;
     let (base, size) = crate::module::memory(module)?;
     let build: String = note.iter().map(|byte| format!("{byte:02x}")).collect();
-    Some(format!("{boot} {base:x} {size} {build}"))
+    Some(format!("{base:x} {size} {build}"))
 }
 
 /// Where [`module_symbols`] keeps what it read, under `/run/loopswap`.

@@ -2,8 +2,9 @@
 //! costs the kernel or this process a lot to produce and stays the same
 //! for a boot or a loaded module. A file is a key line naming exactly what
 //! the body was made from, then the body. The key always starts with the
-//! cache format and the identity of the loopswap binary that wrote it: a
-//! body is never read by another build, which might make it differently.
+//! cache format, the identity of the loopswap binary that wrote it (a body
+//! is never read by another build, which might make it differently) and
+//! the boot's id.
 //! Only files and folders owned by this user and writable by no one else
 //! are read (some bodies are offsets the probes read kernel memory at).
 //! A cache that cannot be read or written, or whose key differs, is never
@@ -20,35 +21,39 @@ const ROOT: &str = "/run/loopswap";
 /// Changed whenever a body's format changes.
 const FORMAT: &str = "loopswap-cache-1";
 
-/// This boot's id: a cache made in another boot is never used.
-pub fn boot_id() -> Option<String> {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_owned())
-}
-
-/// The running binary, as its file: a reinstalled loopswap is another.
-fn maker() -> Option<String> {
-    let exe = std::fs::metadata("/proc/self/exe").ok()?;
-    Some(format!(
-        "{FORMAT} {} {}:{} {} {}.{}",
-        env!("CARGO_PKG_VERSION"),
-        exe.dev(),
-        exe.ino(),
-        exe.size(),
-        exe.mtime(),
-        exe.mtime_nsec()
-    ))
+/// What every key starts with, found once per process: the cache format,
+/// the running binary as its file (a reinstalled loopswap is another) and
+/// this boot's id (nothing cached in another boot is used). `None` when
+/// any part is unknown: then nothing is cached.
+fn prefix() -> Option<&'static str> {
+    static PREFIX: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PREFIX
+        .get_or_init(|| {
+            let exe = std::fs::metadata("/proc/self/exe").ok()?;
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            Some(format!(
+                "{FORMAT} {} {}:{} {} {}.{} boot {}",
+                env!("CARGO_PKG_VERSION"),
+                exe.dev(),
+                exe.ino(),
+                exe.size(),
+                exe.mtime(),
+                exe.mtime_nsec(),
+                boot.trim()
+            ))
+        })
+        .as_deref()
 }
 
 /// The body cached as `kind/name` under exactly `key`.
 pub fn read(kind: &str, name: &str, key: &str) -> Option<String> {
-    read_at(Path::new(ROOT), &[kind, name], &format!("{} {key}", maker()?))
+    read_at(Path::new(ROOT), &[kind, name], &format!("{} {key}", prefix()?))
 }
 
 /// Caches `body` as `kind/name` under `key` (one line), best effort.
 pub fn write(kind: &str, name: &str, key: &str, body: &str) {
-    if let Some(maker) = maker() {
-        write_at(Path::new(ROOT), &[kind, name], &format!("{maker} {key}"), body);
+    if let Some(prefix) = prefix() {
+        write_at(Path::new(ROOT), &[kind, name], &format!("{prefix} {key}"), body);
     }
 }
 
@@ -135,9 +140,11 @@ mod tests {
     }
 
     #[test]
-    fn the_key_names_this_binary() {
-        let maker = maker().unwrap();
-        assert!(maker.starts_with(FORMAT), "{maker}");
-        assert!(maker.contains(env!("CARGO_PKG_VERSION")), "{maker}");
+    fn the_key_names_this_binary_and_boot() {
+        let prefix = prefix().unwrap();
+        assert!(prefix.starts_with(FORMAT), "{prefix}");
+        assert!(prefix.contains(env!("CARGO_PKG_VERSION")), "{prefix}");
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        assert!(prefix.ends_with(&format!("boot {}", boot.trim())), "{prefix}");
     }
 }

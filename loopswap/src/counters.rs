@@ -1400,14 +1400,18 @@ impl ModuleWatch {
                 continue;
             }
             let age = now.saturating_sub(value.entered_ns);
-            estimate.add(time_in_flight::remaining_ns(histogram(key.func), age), || {
+            let who = || {
                 format!(
                     "{}: thread {} inside for {}",
                     name(key.func),
                     key.tid & !loopswap_common::IDLE_TID_FLAG,
                     time_in_flight::format_ns(age)
                 )
-            });
+            };
+            estimate.add(time_in_flight::remaining_ns(histogram(key.func), age), who);
+            if time_in_flight::overdue(histogram(key.func), age) {
+                estimate.add_overdue(age, who);
+            }
         }
         // Seeded frames entered before the probes were armed, when is
         // unknown: only calls of their function that outlived the time
@@ -1418,14 +1422,17 @@ impl ModuleWatch {
             for func in counts.keys() {
                 estimate.unknown = true;
                 let histogram = histogram(*func);
+                let who = || {
+                    format!(
+                        "{}: thread {tid} inside since before attach, at least {}",
+                        name(*func),
+                        time_in_flight::format_ns(age)
+                    )
+                };
                 if histogram.max_ns > age {
-                    estimate.add(time_in_flight::remaining_ns(histogram, age), || {
-                        format!(
-                            "{}: thread {tid} inside since before attach, at least {}",
-                            name(*func),
-                            time_in_flight::format_ns(age)
-                        )
-                    });
+                    estimate.add(time_in_flight::remaining_ns(histogram, age), who);
+                } else if time_in_flight::overdue(histogram, age) {
+                    estimate.add_overdue(age, who);
                 }
             }
         }

@@ -182,6 +182,7 @@ mod tests {
                 ns: 2_000,
                 unknown: false,
                 held_by: Some("a: thread 7 inside for 1.0 µs".into()),
+                overdue: None,
             },
         }
     }

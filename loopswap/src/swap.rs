@@ -69,8 +69,13 @@ pub struct SwapOptions {
     pub timeout: Duration,
     pub keep_old: bool,
     /// Close the gate even when quiescence is estimated to take longer
-    /// than `timeout`.
+    /// than `timeout`, and without waiting out overdue threads first.
     pub force_wait: bool,
+    /// Before the gate closes, wait (gate open, up to `timeout`) while a
+    /// thread counted against the instance is overdue (inside longer than
+    /// every call of its function seen returning) and inside longer than
+    /// this.
+    pub wait_out: Duration,
     /// For tests: stop (sleep) after this phase of the first instance,
     /// `PHASE` for good or `PHASE:DURATION` for that long.
     pub pause_after: Option<String>,
@@ -116,6 +121,9 @@ pub struct InstanceReport {
     /// On failure: functions with threads in flight, and those threads.
     pub busy_functions: Vec<FunctionCount>,
     pub holders: Vec<Holder>,
+    /// The overdue thread the swap first waited for with the gate open
+    /// (`--wait-out`), if it waited.
+    pub waited_out: Option<String>,
     /// Aborted because probe events were missed (retried).
     #[serde(skip)]
     pub unprovable: bool,
@@ -697,6 +705,7 @@ async fn swap_one(
         stack_check: None,
         busy_functions: Vec::new(),
         holders: Vec::new(),
+        waited_out: None,
         unprovable: false,
     };
     let mut phases = Phases {
@@ -739,16 +748,40 @@ async fn swap_one(
         instance.name,
         estimate.describe()
     ));
-    let too_long = u128::from(estimate.ns) > options.timeout.as_nanos();
     report.quiescent_in = Some(estimate.clone());
-    if too_long && !options.force_wait {
-        report.error = Some(format!(
-            "refused before the gate closed: quiescence is estimated in {}, beyond --timeout {}; \
-             pass --force-wait to close the gate anyway",
-            estimate.describe(),
-            humantime::format_duration(options.timeout)
-        ));
+    if let Some(refusal) = too_long(&estimate, options) {
+        report.error = Some(refusal);
         return Ok(report);
+    }
+    // A thread inside far longer than usual would set the blackout: wait
+    // for it to leave while callers still pass, then estimate again.
+    if !options.force_wait && wait_out_needed(&estimate, options) {
+        let at = Instant::now();
+        report.waited_out = estimate.overdue.as_ref().map(|overdue| overdue.who.clone());
+        phases.say(format!(
+            "{}: waiting with the gate open (up to {}) for {}, inside longer than any call of it seen returning",
+            instance.name,
+            humantime::format_duration(options.timeout),
+            report.waited_out.as_deref().unwrap_or("?")
+        ));
+        let estimate = match wait_out(watch, left, id, options, at + options.timeout).await? {
+            Some(estimate) => estimate,
+            None => {
+                report.error = Some("interrupted before the gate closed".into());
+                return Ok(report);
+            }
+        };
+        phases.record(&mut report, "wait out", at);
+        phases.say(format!(
+            "{}: quiescent in {} (estimated again)",
+            instance.name,
+            estimate.describe()
+        ));
+        report.quiescent_in = Some(estimate.clone());
+        if let Some(refusal) = too_long(&estimate, options) {
+            report.error = Some(refusal);
+            return Ok(report);
+        }
     }
 
     // Threads whose stacks could not be read at attach (they were on a
@@ -885,6 +918,74 @@ async fn swap_one(
     Ok(report)
 }
 
+/// The refusal of a swap whose quiescence is estimated beyond `--timeout`
+/// (unless `--force-wait`): callers would wait at the gate for a wait
+/// already expected to time out.
+fn too_long(estimate: &Estimate, options: &SwapOptions) -> Option<String> {
+    (u128::from(estimate.ns) > options.timeout.as_nanos() && !options.force_wait).then(|| {
+        format!(
+            "refused before the gate closed: quiescence is estimated in {}, beyond --timeout {}; \
+             pass --force-wait to close the gate anyway",
+            estimate.describe(),
+            humantime::format_duration(options.timeout)
+        )
+    })
+}
+
+/// An overdue thread inside longer than `--wait-out` counts against the
+/// instance.
+fn wait_out_needed(estimate: &Estimate, options: &SwapOptions) -> bool {
+    estimate
+        .overdue
+        .as_ref()
+        .is_some_and(|overdue| u128::from(overdue.age_ns) > options.wait_out.as_nanos())
+}
+
+/// Waits, gate open, until no overdue thread inside longer than
+/// `--wait-out` counts against `instance`, or a probe event is missed (the
+/// swap is refused next), or `deadline`: then the gate closes and waits as
+/// before. Woken when a thread leaves, and every 20 ms for the threads
+/// found on stacks at attach. `None` when SIGINT or SIGTERM came.
+async fn wait_out(
+    watch: &mut ModuleWatch,
+    left: &mut Option<LeftEvents>,
+    instance: u32,
+    options: &SwapOptions,
+    deadline: Instant,
+) -> Result<Option<Estimate>, Error> {
+    loop {
+        if cancelled() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return watch.estimate(Some(instance)).map(Some);
+        }
+        wait_for_leaving(left, (deadline - now).min(Duration::from_millis(20))).await;
+        let estimate = watch.estimate(Some(instance))?;
+        if !wait_out_needed(&estimate, options) || watch.missed()? > 0 {
+            return Ok(Some(estimate));
+        }
+    }
+}
+
+/// Sleeps up to `wait`, less if a thread leaves the module meanwhile (a
+/// record in the "left" ring buffer, drained here).
+async fn wait_for_leaving(left: &mut Option<LeftEvents>, wait: Duration) {
+    match left {
+        Some(fd) => {
+            let _ = tokio::time::timeout(wait, async {
+                if let Ok(mut guard) = fd.readable_mut().await {
+                    while guard.get_inner_mut().next().is_some() {}
+                    guard.clear_ready();
+                }
+            })
+            .await;
+        }
+        None => tokio::time::sleep(wait).await,
+    }
+}
+
 /// How long a swap retries, before its gate closes, the stacks that could
 /// not be read at attach; what is still unread is retried in the wait.
 const PRE_GATE_SETTLE: Duration = Duration::from_millis(100);
@@ -989,19 +1090,7 @@ async fn wait_quiescent(
         if now >= deadline {
             return Err(NotQuiescent::TimedOut);
         }
-        let wait = (deadline - now).min(Duration::from_millis(20));
-        match left {
-            Some(fd) => {
-                let _ = tokio::time::timeout(wait, async {
-                    if let Ok(mut guard) = fd.readable_mut().await {
-                        while guard.get_inner_mut().next().is_some() {}
-                        guard.clear_ready();
-                    }
-                })
-                .await;
-            }
-            None => tokio::time::sleep(wait).await,
-        }
+        wait_for_leaving(left, (deadline - now).min(Duration::from_millis(20))).await;
     }
 }
 
@@ -1029,8 +1118,38 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
             timeout: Duration::from_secs(1),
             keep_old: false,
             force_wait: false,
+            wait_out: Duration::from_millis(10),
             pause_after: None,
         }
+    }
+
+    #[test]
+    fn only_an_overdue_thread_inside_longer_than_wait_out_is_waited_for() {
+        let options = options(&["lswloop0"], false);
+        let mut estimate = Estimate::default();
+        assert!(!wait_out_needed(&estimate, &options), "nothing overdue");
+        estimate.add_overdue(5_000_000, || "f: thread 7 inside for 5.0 ms".into());
+        assert!(
+            !wait_out_needed(&estimate, &options),
+            "overdue, but within --wait-out"
+        );
+        estimate.add_overdue(1_500_000_000, || "f: thread 8 inside for 1.50 s".into());
+        assert!(wait_out_needed(&estimate, &options));
+        assert_eq!(estimate.overdue.unwrap().who, "f: thread 8 inside for 1.50 s");
+    }
+
+    #[test]
+    fn an_estimate_beyond_the_timeout_is_refused_unless_forced() {
+        let mut options = options(&["lswloop0"], false);
+        let mut estimate = Estimate::default();
+        estimate.add(999_000_000, || "f: thread 7 inside for 1.0 ms".into());
+        assert_eq!(too_long(&estimate, &options), None);
+        estimate.add(1_200_000_000, || "f: thread 7 inside for 1.20 s".into());
+        let refusal = too_long(&estimate, &options).unwrap();
+        assert!(refusal.contains("beyond --timeout 1s"), "{refusal}");
+        assert!(refusal.contains("pass --force-wait"), "{refusal}");
+        options.force_wait = true;
+        assert_eq!(too_long(&estimate, &options), None);
     }
 
     #[test]

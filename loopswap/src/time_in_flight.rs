@@ -122,6 +122,21 @@ pub struct Estimate {
     /// The frame that sets the estimate: "function (thread T, inside for
     /// at least X)".
     pub held_by: Option<String>,
+    /// The frame inside longest among those inside longer than every call
+    /// of their function that returned since attach: a swap waits such a
+    /// thread out with its gate still open (`--wait-out`).
+    #[serde(skip)]
+    pub overdue: Option<Overdue>,
+}
+
+/// A frame inside longer than every call of its function seen returning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overdue {
+    /// How long it has been inside (a lower bound for a frame found on a
+    /// stack at attach).
+    pub age_ns: u64,
+    /// "function: thread T inside for X".
+    pub who: String,
 }
 
 impl Estimate {
@@ -130,6 +145,17 @@ impl Estimate {
         if ns > self.ns || (self.held_by.is_none() && ns == self.ns) {
             self.ns = ns;
             self.held_by = Some(held_by());
+        }
+    }
+
+    /// Keeps the older of the overdue frames.
+    pub fn add_overdue(&mut self, age_ns: u64, who: impl FnOnce() -> String) {
+        if self
+            .overdue
+            .as_ref()
+            .is_none_or(|overdue| age_ns > overdue.age_ns)
+        {
+            self.overdue = Some(Overdue { age_ns, who: who() });
         }
     }
 
@@ -155,6 +181,13 @@ impl Estimate {
         }
         text
     }
+}
+
+/// A frame inside for `age_ns` has stayed longer than every call of its
+/// function seen returning. A function never seen returning (a thread's
+/// main loop, or no call finished yet) says nothing about what is usual.
+pub fn overdue(histogram: &TimeHistogram, age_ns: u64) -> bool {
+    histogram.max_ns > 0 && age_ns > histogram.max_ns
 }
 
 /// A duration for people: 850 ns, 12.5 µs, 3.2 ms, 1.40 s.
@@ -191,6 +224,26 @@ mod tests {
             histogram.max_ns = histogram.max_ns.max(*ns);
         }
         histogram
+    }
+
+    #[test]
+    fn a_frame_is_overdue_only_past_every_call_seen_returning() {
+        let seen = histogram(&[1_000, 40_000, 3_000_000]);
+        assert!(!overdue(&seen, 3_000_000));
+        assert!(overdue(&seen, 3_000_001));
+        // A function never seen returning (a thread's main loop) says
+        // nothing about what is usual.
+        assert!(!overdue(&TimeHistogram::ZERO, u64::MAX));
+        let mut estimate = Estimate::default();
+        estimate.add_overdue(5, || "a".into());
+        estimate.add_overdue(3, || "b".into());
+        assert_eq!(
+            estimate.overdue.as_ref().unwrap().who,
+            "a",
+            "the older one is kept"
+        );
+        estimate.add_overdue(9, || "c".into());
+        assert_eq!(estimate.overdue.unwrap().age_ns, 9);
     }
 
     #[test]

@@ -333,3 +333,92 @@ echo "== end"
     assert_eq!(section(out, "modules"), ["lswloop_v1"], "NEW unloaded: {out}");
     assert_eq!(section(out, "held"), ["ok"]);
 }
+
+#[test]
+fn a_thread_stalled_inside_is_waited_out_with_the_gate_open() {
+    // A read of lswloop0 sleeps 8 s (then 5 s) inside lswloop_v1 from
+    // before the counters attach, while reads of lswloop1 keep calls of
+    // the same function returning in microseconds: the stalled thread is
+    // overdue, so the swap waits for it with the gate open, and the
+    // blackout does not include its stall. First SIGINT during that wait
+    // (nothing changed), then the wait to its end.
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+add disk1 64
+set +e
+stall=/sys/module/lswloop_v1/parameters/stall_ms
+# The stall knob is the module's: the reads of lswloop1 pause meanwhile.
+stalled_read() {{
+    if [ -n "$reader" ]; then touch /tmp/stop; wait $reader; rm /tmp/stop; fi
+    echo $1 > $stall
+    dd if=/dev/lswloop0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
+    held=$!
+    sleep 0.3
+    echo 0 > $stall
+    (while [ ! -e /tmp/stop ]; do dd if=/dev/lswloop1 of=/dev/null bs=4k count=256 iflag=direct 2>/dev/null; done) &
+    reader=$!
+    sleep 0.2
+}}
+reader=
+stalled_read 8000
+loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 20s > /tmp/swap.txt 2>&1 &
+swap=$!
+until grep -q 'waiting with the gate open' /tmp/swap.txt || ! kill -0 $swap 2>/dev/null; do usleep 50000; done
+echo "== gate"; loopswap status --json
+kill -INT $swap
+wait $swap; rc=$?; echo "== interrupted"; echo "status=$rc"
+echo "== report"; cat /tmp/swap.txt
+echo "== modules"; cut -d' ' -f1 /proc/modules | grep lswloop_ | sort
+wait $held; rc=$?; echo "== held"; echo "status=$rc"
+stalled_read 5000
+echo "== swap"; loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 20s --json
+echo "status=$?"
+wait $held; rc=$?; echo "== held2"; echo "status=$rc"
+touch /tmp/stop; wait $reader
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    // SIGINT while waiting it out: the gate never closed, nothing changed.
+    let gate = json_in(out, "gate");
+    assert_eq!(gate["instances"][0]["gate"], "open", "{gate}");
+    assert_eq!(gate["instances"][0]["swap"], Value::Null, "{gate}");
+    assert_eq!(section(out, "interrupted"), ["status=1"], "{out}");
+    let report = section(out, "report").join("\n");
+    assert!(report.contains("waiting with the gate open"), "{report}");
+    assert!(report.contains("interrupted before the gate closed"), "{report}");
+    assert!(
+        report.contains("REFUSED before the gate closed, nothing changed"),
+        "{report}"
+    );
+    assert_eq!(
+        section(out, "modules"),
+        ["lswloop_v1"],
+        "the swap unloads what it loaded: {out}"
+    );
+    assert_eq!(section(out, "held"), ["status=0"], "{out}");
+
+    let swap = section(out, "swap");
+    let report: Value = serde_json::from_str(swap[0]).unwrap();
+    assert_eq!(swap[1], "status=0", "{report}");
+    assert_committed(&report);
+    let instance = &report["instances"][0];
+    let waited = instance["waited_out"].as_str().unwrap_or_default();
+    assert!(
+        waited.starts_with("lswloop_v1_queue_rq: thread ") && waited.contains("inside since before attach"),
+        "{report}"
+    );
+    assert!(
+        instance["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|phase| phase["phase"] == "wait out"),
+        "{report}"
+    );
+    // Had the gate closed at once, the blackout would include the rest of
+    // the 5 s stall (over 3 s): the gate closed after the thread left.
+    assert!(instance["blackout_us"].as_u64().unwrap() < 1_000_000, "{report}");
+    assert_eq!(section(out, "held2"), ["status=0"], "{out}");
+}

@@ -37,6 +37,7 @@ impl CheckArgs {
             timeout: Duration::from_secs(5),
             keep_old: false,
             force_wait: false,
+            wait_out: Duration::from_millis(10),
             pause_after: None,
         };
         print(&preflight::check(&options)?, self.json)

@@ -37,10 +37,19 @@ pub struct SwapArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
-    /// Close the gate even when quiescence is estimated to take longer than
-    /// --timeout (the wait still ends at --timeout).
+    /// Close the gate at once, even when quiescence is estimated to take
+    /// longer than --timeout (the wait still ends at --timeout), and
+    /// without waiting out overdue threads first (--wait-out).
     #[arg(long)]
     pub force_wait: bool,
+
+    /// Before closing the gate, wait with it open (up to --timeout) while a
+    /// thread has been inside the old implementation longer than this and
+    /// longer than every call of its function seen returning since the
+    /// counters attached: the gate then closes when no call that slow is
+    /// inside. 0s waits out any such thread.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub wait_out: Duration,
 
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -56,7 +65,7 @@ pub struct SwapArgs {
     pub keep_old: bool,
 
     /// Tests only: stop after this phase of the first instance (attach,
-    /// gate, drain, quiesce, wait+confirm, transfer) and sleep until killed,
+    /// wait out, gate, drain, quiesce, wait+confirm, transfer) and sleep until killed,
     /// or with PHASE:DURATION for that long.
     #[arg(long, hide = true, value_name = "PHASE")]
     pub test_pause_after: Option<String>,
@@ -71,6 +80,7 @@ impl SwapArgs {
             timeout: self.timeout,
             keep_old: self.keep_old,
             force_wait: self.force_wait,
+            wait_out: self.wait_out,
             pause_after: self.test_pause_after.clone(),
         };
         if self.dry_run {

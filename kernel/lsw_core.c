@@ -57,12 +57,6 @@
  * under the hung-task detector's default 120 s.
  */
 #define LSW_TIMEOUT_MAX_MS (60U * 1000U)
-/*
- * drain sleeps until the expedited grace period ends or the swap ends,
- * looking at least this often for a normal grace period that ended first.
- */
-#define LSW_DRAIN_RECHECK_MS 5
-
 enum lsw_phase { LSW_GATED, LSW_DRAINED, LSW_QUIESCED, LSW_TRANSFERRED };
 
 static const char * const phase_names[] = {
@@ -111,11 +105,6 @@ static atomic64_t lsw_handle_ids = ATOMIC64_INIT(0);
  * pages of a gated device): they run on a rescuer-backed workqueue.
  */
 static struct workqueue_struct *lsw_deadline_wq;
-/*
- * A drain's grace period is expedited from here: the command itself only
- * polls, so that its wait stays interruptible and bounded.
- */
-static struct workqueue_struct *lsw_expedite_wq;
 
 static struct lsw_class *find_class(const char *name)
 {
@@ -233,9 +222,6 @@ static void instance_free(struct kref *ref)
 {
 	struct lsw_instance *inst = container_of(ref, struct lsw_instance, ref);
 
-	/* A drain may have started a grace period: let it end before cleanup. */
-	synchronize_srcu(&inst->srcu);
-	cleanup_srcu_struct(&inst->srcu);
 	kfree(inst);
 }
 
@@ -246,20 +232,6 @@ static void instance_put(struct lsw_instance *inst)
 
 static void deadline_fn(struct work_struct *work);
 
-/*
- * A normal SRCU grace period waits a jiffy or more between its scans; the
- * gate is closed meanwhile. An expedited one ends as soon as the readers
- * have left, and the drain's poll sees it end (it completes the same
- * grace period, or a later one). Only this worker waits uninterruptibly.
- */
-static void expedite_fn(struct work_struct *work)
-{
-	struct lsw_instance *inst = container_of(work, struct lsw_instance, expedite_work);
-
-	synchronize_srcu_expedited(&inst->srcu);
-	wake_up_all(&inst->drain_wq);
-	instance_put(inst);
-}
 
 struct lsw_instance *lsw_instance_create(struct lsw_class *cls, const char *name,
 					 const char *impl_name, const char *arg,
@@ -273,17 +245,11 @@ struct lsw_instance *lsw_instance_create(struct lsw_class *cls, const char *name
 	inst = kzalloc(sizeof(*inst), GFP_KERNEL);
 	if (!inst)
 		return ERR_PTR(-ENOMEM);
-	ret = init_srcu_struct(&inst->srcu);
-	if (ret) {
-		kfree(inst);
-		return ERR_PTR(ret);
-	}
 	init_waitqueue_head(&inst->gate_wq);
 	init_waitqueue_head(&inst->drain_wq);
 	kref_init(&inst->ref);
 	mutex_init(&inst->swap_lock);
 	INIT_DELAYED_WORK(&inst->deadline_work, deadline_fn);
-	INIT_WORK(&inst->expedite_work, expedite_fn);
 	strscpy(inst->name, name, sizeof(inst->name));
 	inst->cls = cls;
 	inst->class_data = class_data;
@@ -357,14 +323,35 @@ static void enter_as(struct lsw_instance *inst, struct lsw_call *call)
 	call->state = inst->state;
 }
 
+/*
+ * Counted in before the gate is read, with a full barrier between: either
+ * the drain's read of active (after the barrier in cmd_begin()) sees this
+ * call, or this call sees the gate closed, as with the state tripwire.
+ */
+static bool enter_gate(struct lsw_instance *inst)
+{
+	atomic_inc(&inst->active);
+	/* Pairs with the smp_mb() after closing the gate in cmd_begin(). */
+	smp_mb__after_atomic();
+	/* Pairs with the release in gate_open(): see the new impl/state. */
+	return !smp_load_acquire(&inst->gate_closed);
+}
+
+/*
+ * Counted out after the call's last access (a fully ordered atomic). The
+ * last call out of a closed gate wakes the drain; drain's own check after
+ * prepare_to_wait() covers a gate closing meanwhile.
+ */
+static void leave_gate(struct lsw_instance *inst)
+{
+	if (atomic_dec_and_test(&inst->active) && READ_ONCE(inst->gate_closed))
+		wake_up_all(&inst->drain_wq);
+}
+
 void lsw_enter(struct lsw_instance *inst, struct lsw_call *call)
 {
-	for (;;) {
-		call->srcu_idx = srcu_read_lock(&inst->srcu);
-		/* Pairs with the release in gate_open(): see the new impl/state. */
-		if (!smp_load_acquire(&inst->gate_closed))
-			break;
-		srcu_read_unlock(&inst->srcu, call->srcu_idx);
+	while (!enter_gate(inst)) {
+		leave_gate(inst);
 		atomic64_inc(&inst->held_at_gate);
 		/* Bounded: the swap's deadline reopens the gate. */
 		wait_event(inst->gate_wq, !smp_load_acquire(&inst->gate_closed));
@@ -375,10 +362,8 @@ EXPORT_SYMBOL_GPL(lsw_enter);
 
 bool lsw_try_enter(struct lsw_instance *inst, struct lsw_call *call)
 {
-	call->srcu_idx = srcu_read_lock(&inst->srcu);
-	/* Pairs with the release in gate_open(), as in lsw_enter(). */
-	if (smp_load_acquire(&inst->gate_closed)) {
-		srcu_read_unlock(&inst->srcu, call->srcu_idx);
+	if (!enter_gate(inst)) {
+		leave_gate(inst);
 		return false;
 	}
 	enter_as(inst, call);
@@ -388,7 +373,7 @@ EXPORT_SYMBOL_GPL(lsw_try_enter);
 
 void lsw_exit(struct lsw_call *call)
 {
-	srcu_read_unlock(&call->inst->srcu, call->srcu_idx);
+	leave_gate(call->inst);
 }
 EXPORT_SYMBOL_GPL(lsw_exit);
 
@@ -680,15 +665,15 @@ put:
 }
 
 /*
- * Calls that passed the gate before it closed are inside SRCU read
- * sections: wait for a grace period, polled so that the wait is
- * interruptible, bounded, and ends early if the swap is aborted meanwhile.
+ * Calls that passed the gate before it closed are counted in active: wait
+ * until they have left, interruptibly, bounded, and no longer than the
+ * swap lives (an abort meanwhile wakes this wait).
  */
 static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned int timeout_ms)
 {
-	unsigned long cookie, until;
-	bool fallback_started = false;
+	unsigned long until;
 	struct lsw_swap *swap;
+	long left, waited;
 	u64 gen;
 	ktime_t started;
 	int ret = 0;
@@ -708,40 +693,20 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 		until = swap->deadline;
 	gen = swap->gen;
 	started = ktime_get();
-	/*
-	 * The expedite work starts the grace period: one started here would
-	 * be a normal one, whose first scan waits a jiffy even once expedited.
-	 */
-	cookie = get_state_synchronize_srcu(&inst->srcu);
-	kref_get(&inst->ref);
-	if (!queue_work(lsw_expedite_wq, &inst->expedite_work))
-		instance_put(inst);	/* queued already: that one expedites */
 	mutex_unlock(&inst->swap_lock);
 
-	while (!poll_state_synchronize_srcu(&inst->srcu, cookie)) {
-		long left = (long)(until - jiffies);
-
-		/* Not over in 5 ms (the work may not have run): start a normal one too. */
-		if (!fallback_started && ktime_ms_delta(ktime_get(), started) >= LSW_DRAIN_RECHECK_MS) {
-			start_poll_synchronize_srcu(&inst->srcu);
-			fallback_started = true;
-		}
-
-		if (READ_ONCE(inst->swap_gen) != gen)
-			break;
-		if (left <= 0) {
-			ret = -ETIMEDOUT;
-			break;
-		}
-		left = min(left, (long)msecs_to_jiffies(LSW_DRAIN_RECHECK_MS));
-		if (wait_event_interruptible_timeout(inst->drain_wq,
-						     poll_state_synchronize_srcu(&inst->srcu, cookie) ||
-						     READ_ONCE(inst->swap_gen) != gen,
-						     left) < 0) {
-			ret = -EINTR;
-			break;
-		}
-	}
+	left = max_t(long, (long)(until - jiffies), 0);
+	/* Pairs with leave_gate()'s fully ordered decrement. */
+	waited = wait_event_interruptible_timeout(inst->drain_wq,
+						  !atomic_read(&inst->active) ||
+						  READ_ONCE(inst->swap_gen) != gen,
+						  left);
+	if (waited < 0)
+		ret = -EINTR;
+	else if (!waited)
+		ret = -ETIMEDOUT;
+	/* What the calls did happens before what the controller does next. */
+	smp_mb();
 
 	if (mutex_lock_killable(&inst->swap_lock))
 		return -EINTR;
@@ -1112,28 +1077,15 @@ static int __init lsw_core_init(void)
 	lsw_deadline_wq = alloc_workqueue("lsw_deadline", WQ_MEM_RECLAIM, 0);
 	if (!lsw_deadline_wq)
 		return -ENOMEM;
-	lsw_expedite_wq = alloc_workqueue("lsw_expedite", WQ_UNBOUND, 0);
-	if (!lsw_expedite_wq) {
-		ret = -ENOMEM;
-		goto free_deadline;
-	}
 	ret = misc_register(&lsw_misc);
 	if (ret)
-		goto free_expedite;
-	return 0;
-
-free_expedite:
-	destroy_workqueue(lsw_expedite_wq);
-free_deadline:
-	destroy_workqueue(lsw_deadline_wq);
+		destroy_workqueue(lsw_deadline_wq);
 	return ret;
 }
 
 static void __exit lsw_core_exit(void)
 {
 	misc_deregister(&lsw_misc);
-	/* Flushes expedites still running; they hold the last references. */
-	destroy_workqueue(lsw_expedite_wq);
 	destroy_workqueue(lsw_deadline_wq);
 }
 

@@ -35,7 +35,7 @@
  *
  * A swap, driven by the controller through /dev/lsw (see lsw_core.c):
  *   begin     close the gate; new calls wait (bounded by the swap's deadline)
- *   drain     SRCU grace period: every call that passed the gate has left
+ *   drain     wait until every call that passed the gate has left
  *   quiesce   the old implementation stops its own asynchronous work
  *             (the controller then proves, with its probes and the kernel
  *             stacks, that no thread runs old code for the instance)
@@ -54,7 +54,6 @@
 #include <linux/list.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
-#include <linux/srcu.h>
 #include <linux/types.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -149,7 +148,12 @@ struct lsw_instance {
 	/* private to the core */
 	struct lsw_impl *impl;
 	struct lsw_state_hdr *state;
-	struct srcu_struct srcu;
+	/*
+	 * Calls between lsw_enter() and lsw_exit(), and callers bouncing off
+	 * a closed gate. One shared counter, not SRCU: a drain then needs no
+	 * grace period, only the calls in flight to leave.
+	 */
+	atomic_t active;
 	bool gate_closed;
 	wait_queue_head_t gate_wq;
 	atomic64_t held_at_gate;
@@ -161,8 +165,7 @@ struct lsw_instance {
 	u64 swap_gen;			/* under swap_lock: bumped when a swap starts or ends */
 	bool retiring;			/* under swap_lock: no new swap */
 	struct delayed_work deadline_work;
-	struct work_struct expedite_work;	/* holds a reference while queued */
-	wait_queue_head_t drain_wq;	/* woken when an expedited drain ends */
+	wait_queue_head_t drain_wq;	/* woken when active drops to 0 while gated */
 	u64 last_abort_owner;		/* handle id of the last aborted swap */
 	char last_abort[96];		/* and why the core aborted it */
 };
@@ -172,7 +175,6 @@ struct lsw_call {
 	struct lsw_instance *inst;
 	const struct lsw_impl *impl;
 	struct lsw_state_hdr *state;
-	int srcu_idx;
 };
 
 int lsw_class_register(struct lsw_class *cls);

@@ -25,14 +25,13 @@
  * Locking: lsw_lock guards the lists only and is never held across a
  * callback into an implementation or a wait. Each instance's swap_lock
  * serialises that instance's swap steps (callbacks included, under
- * memalloc_noio) but never a wait for calls or a grace period; lock order
+ * memalloc_noio) but never a wait for calls; lock order
  * is lsw_lock, then swap_lock. Every lock a command takes is taken
  * killably, and every wait a command makes is interruptible and bounded.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
-#include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
 #include <linux/jiffies.h>
@@ -43,7 +42,6 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/sched/mm.h>
-#include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
@@ -57,6 +55,7 @@
  * under the hung-task detector's default 120 s.
  */
 #define LSW_TIMEOUT_MAX_MS (60U * 1000U)
+
 enum lsw_phase { LSW_GATED, LSW_DRAINED, LSW_QUIESCED, LSW_TRANSFERRED };
 
 static const char * const phase_names[] = {
@@ -232,7 +231,6 @@ static void instance_put(struct lsw_instance *inst)
 
 static void deadline_fn(struct work_struct *work);
 
-
 struct lsw_instance *lsw_instance_create(struct lsw_class *cls, const char *name,
 					 const char *impl_name, const char *arg,
 					 void *class_data)
@@ -339,12 +337,12 @@ static bool enter_gate(struct lsw_instance *inst)
 
 /*
  * Counted out after the call's last access (a fully ordered atomic). The
- * last call out of a closed gate wakes the drain; drain's own check after
- * prepare_to_wait() covers a gate closing meanwhile.
+ * last call out wakes a drain waiting for none inside.
  */
 static void leave_gate(struct lsw_instance *inst)
 {
-	if (atomic_dec_and_test(&inst->active) && READ_ONCE(inst->gate_closed))
+	/* The decrement is the full barrier that waitqueue_active() needs. */
+	if (atomic_dec_and_test(&inst->active) && waitqueue_active(&inst->drain_wq))
 		wake_up_all(&inst->drain_wq);
 }
 
@@ -652,7 +650,9 @@ static int cmd_begin(struct lsw_handle *h, struct lsw_instance *inst, const char
 	/* Order the gate before whatever the controller reads next. */
 	smp_mb();
 	mod_delayed_work(lsw_deadline_wq, &inst->deadline_work, msecs_to_jiffies(timeout_ms));
-	reply(h, "ok gated %s -> %s deadline_ms=%u\n", swap->from->name, to->name, timeout_ms);
+	/* Calls the drain will wait for (and any bouncing off the gate now). */
+	reply(h, "ok gated %s -> %s deadline_ms=%u inflight=%d\n",
+	      swap->from->name, to->name, timeout_ms, atomic_read(&inst->active));
 	mutex_unlock(&inst->swap_lock);
 	return 0;
 
@@ -696,7 +696,6 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 	mutex_unlock(&inst->swap_lock);
 
 	left = max_t(long, (long)(until - jiffies), 0);
-	/* Pairs with leave_gate()'s fully ordered decrement. */
 	waited = wait_event_interruptible_timeout(inst->drain_wq,
 						  !atomic_read(&inst->active) ||
 						  READ_ONCE(inst->swap_gen) != gen,
@@ -705,7 +704,10 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 		ret = -EINTR;
 	else if (!waited)
 		ret = -ETIMEDOUT;
-	/* What the calls did happens before what the controller does next. */
+	/*
+	 * Pairs with leave_gate()'s fully ordered decrement: what the calls
+	 * did happens before what the controller does next.
+	 */
 	smp_mb();
 
 	if (mutex_lock_killable(&inst->swap_lock))
@@ -717,8 +719,9 @@ static int cmd_drain(struct lsw_handle *h, struct lsw_instance *inst, unsigned i
 		goto unlock;
 	}
 	if (ret == -ETIMEDOUT)
-		reply(h, "drain: calls that passed the gate are still inside %s after %lld ms\n",
-		      swap->from->name, ktime_ms_delta(ktime_get(), started));
+		reply(h, "drain: %d calls that passed the gate are still inside %s after %lld ms\n",
+		      atomic_read(&inst->active), swap->from->name,
+		      ktime_ms_delta(ktime_get(), started));
 	else if (ret == -EINTR)
 		reply(h, "drain: interrupted by a signal\n");
 	else {

@@ -153,19 +153,20 @@ struct lsw_instance {
 	 * a closed gate. One shared counter, not SRCU: a drain then needs no
 	 * grace period, only the calls in flight to leave.
 	 */
-	atomic_t active;
-	bool gate_closed;
+	atomic_t active ____cacheline_aligned_in_smp;
+	/* Read by every call: not on the line every call writes. */
+	bool gate_closed ____cacheline_aligned_in_smp;
 	wait_queue_head_t gate_wq;
 	atomic64_t held_at_gate;
 	struct list_head node;
 	struct kref ref;
-	/* Serialises swap steps; never held across a wait for calls or a GP. */
+	/* Serialises swap steps; never held across a wait for calls. */
 	struct mutex swap_lock;
 	struct lsw_swap *swap;		/* under swap_lock */
 	u64 swap_gen;			/* under swap_lock: bumped when a swap starts or ends */
 	bool retiring;			/* under swap_lock: no new swap */
 	struct delayed_work deadline_work;
-	wait_queue_head_t drain_wq;	/* woken when active drops to 0 while gated */
+	wait_queue_head_t drain_wq;	/* woken when active drops to 0, or a swap ends */
 	u64 last_abort_owner;		/* handle id of the last aborted swap */
 	char last_abort[96];		/* and why the core aborted it */
 };

@@ -113,6 +113,9 @@ pub struct InstanceReport {
     pub gate_closed_unix_us: Option<u64>,
     /// Calls that waited at the gate during the swap.
     pub held_calls: Option<u64>,
+    /// Calls inside (or bouncing off the gate) just after it closed: what
+    /// the drain waited for.
+    pub inflight_at_gate: Option<u64>,
     pub error: Option<String>,
     /// Before the gate closed: when the instance would likely be quiescent.
     pub quiescent_in: Option<Estimate>,
@@ -699,6 +702,7 @@ async fn swap_one(
         phases: Vec::new(),
         blackout_us: None,
         held_calls: None,
+        inflight_at_gate: None,
         error: None,
         quiescent_in: None,
         gate_closed_unix_us: None,
@@ -814,14 +818,19 @@ async fn swap_one(
     // aborts a swap whose handle closes, or whose deadline passes).
     let at = Instant::now();
     let kernel_deadline = options.timeout + KERNEL_DEADLINE_MARGIN;
-    if let Err(err) = control.command(&format!(
+    match control.command(&format!(
         "begin {id} {} {to} {}",
         instance.implementation,
         kernel_deadline.as_millis()
     )) {
-        report.error = Some(format!("refused before the gate closed: {err}"));
-        let _ = watch.end_stack_check();
-        return Ok(report);
+        Ok(reply) => {
+            report.inflight_at_gate = control::reply_value(&reply, "inflight");
+        }
+        Err(err) => {
+            report.error = Some(format!("refused before the gate closed: {err}"));
+            let _ = watch.end_stack_check();
+            return Ok(report);
+        }
     }
     report.gated = true;
     report.gate_closed_unix_us = Some(unix_us());

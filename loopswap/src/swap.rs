@@ -768,7 +768,7 @@ async fn swap_one(
             humantime::format_duration(options.timeout),
             report.waited_out.as_deref().unwrap_or("?")
         ));
-        let estimate = match wait_out(watch, left, id, options, at + options.timeout).await? {
+        let estimate = match wait_out(watch, id, options, at + options.timeout).await? {
             Some(estimate) => estimate,
             None => {
                 report.error = Some("interrupted before the gate closed".into());
@@ -953,11 +953,12 @@ fn wait_out_needed(estimate: &Estimate, options: &SwapOptions) -> bool {
 /// Waits, gate open, until no overdue thread inside longer than
 /// `--wait-out` counts against `instance`, or a probe event is missed (the
 /// swap is refused next), or `deadline`: then the gate closes and waits as
-/// before. Woken when a thread leaves, and every 20 ms for the threads
-/// found on stacks at attach. `None` when SIGINT or SIGTERM came.
+/// before. Looks every 20 ms, not at each thread leaving: under load
+/// threads leave all the time, and each look may run the frame listing,
+/// during which the probes skip the module's calls on that CPU (misses).
+/// `None` when SIGINT or SIGTERM came.
 async fn wait_out(
     watch: &mut ModuleWatch,
-    left: &mut Option<LeftEvents>,
     instance: u32,
     options: &SwapOptions,
     deadline: Instant,
@@ -970,13 +971,16 @@ async fn wait_out(
         if now >= deadline {
             return watch.estimate(Some(instance)).map(Some);
         }
-        wait_for_leaving(left, (deadline - now).min(Duration::from_millis(20))).await;
+        tokio::time::sleep((deadline - now).min(WAIT_OUT_POLL)).await;
         let estimate = watch.estimate(Some(instance))?;
         if !wait_out_needed(&estimate, options) || watch.missed()? > 0 {
             return Ok(Some(estimate));
         }
     }
 }
+
+/// How often a swap waiting out an overdue thread looks again.
+const WAIT_OUT_POLL: Duration = Duration::from_millis(20);
 
 /// Sleeps up to `wait`, less if a thread leaves the module meanwhile (a
 /// record in the "left" ring buffer, drained here).

@@ -1431,8 +1431,11 @@ impl ModuleWatch {
                 };
                 if histogram.max_ns > age {
                     estimate.add(time_in_flight::remaining_ns(histogram, age), who);
-                } else if time_in_flight::overdue(histogram, age) {
-                    estimate.add_overdue(age, who);
+                }
+                // A function never seen returning (a thread's main loop)
+                // says nothing about when this one leaves.
+                if histogram.max_ns > 0 && estimate.inside_since_attach.is_none() {
+                    estimate.inside_since_attach = Some(who());
                 }
             }
         }

@@ -183,6 +183,7 @@ mod tests {
                 unknown: false,
                 held_by: Some("a: thread 7 inside for 1.0 µs".into()),
                 overdue: None,
+                inside_since_attach: None,
             },
         }
     }

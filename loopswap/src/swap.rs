@@ -747,21 +747,14 @@ async fn swap_one(
     // calls of their functions have stayed: a wait that would time out
     // anyway is refused before any caller waits at the gate.
     let estimate = watch.estimate(Some(id))?;
-    phases.say(format!(
-        "{}: quiescent in {} (estimated)",
-        instance.name,
-        estimate.describe()
-    ));
-    report.quiescent_in = Some(estimate.clone());
-    if let Some(refusal) = too_long(&estimate, options) {
-        report.error = Some(refusal);
+    if !take_estimate(&mut phases, &mut report, &estimate, options, "estimated") {
         return Ok(report);
     }
     // A thread inside far longer than usual would set the blackout: wait
     // for it to leave while callers still pass, then estimate again.
-    if !options.force_wait && wait_out_needed(&estimate, options) {
+    if !options.force_wait && wait_out_reason(&estimate, options).is_some() {
         let at = Instant::now();
-        report.waited_out = estimate.overdue.as_ref().map(|overdue| overdue.who.clone());
+        report.waited_out = wait_out_reason(&estimate, options);
         phases.say(format!(
             "{}: waiting with the gate open (up to {}) for {}, inside longer than any call of it seen returning",
             instance.name,
@@ -776,14 +769,7 @@ async fn swap_one(
             }
         };
         phases.record(&mut report, "wait out", at);
-        phases.say(format!(
-            "{}: quiescent in {} (estimated again)",
-            instance.name,
-            estimate.describe()
-        ));
-        report.quiescent_in = Some(estimate.clone());
-        if let Some(refusal) = too_long(&estimate, options) {
-            report.error = Some(refusal);
+        if !take_estimate(&mut phases, &mut report, &estimate, options, "estimated again") {
             return Ok(report);
         }
     }
@@ -927,6 +913,25 @@ async fn swap_one(
     Ok(report)
 }
 
+/// Says and reports an estimate; `false`, with the refusal in the report,
+/// when it exceeds `--timeout`.
+fn take_estimate(
+    phases: &mut Phases<'_>,
+    report: &mut InstanceReport,
+    estimate: &Estimate,
+    options: &SwapOptions,
+    how: &str,
+) -> bool {
+    phases.say(format!(
+        "{}: quiescent in {} ({how})",
+        report.name,
+        estimate.describe()
+    ));
+    report.quiescent_in = Some(estimate.clone());
+    report.error = too_long(estimate, options);
+    report.error.is_none()
+}
+
 /// The refusal of a swap whose quiescence is estimated beyond `--timeout`
 /// (unless `--force-wait`): callers would wait at the gate for a wait
 /// already expected to time out.
@@ -941,13 +946,16 @@ fn too_long(estimate: &Estimate, options: &SwapOptions) -> Option<String> {
     })
 }
 
-/// An overdue thread inside longer than `--wait-out` counts against the
-/// instance.
-fn wait_out_needed(estimate: &Estimate, options: &SwapOptions) -> bool {
+/// The thread a swap waits for with its gate open, if any: an overdue one
+/// inside longer than `--wait-out`, or one found inside at attach in a
+/// function seen returning since.
+fn wait_out_reason(estimate: &Estimate, options: &SwapOptions) -> Option<String> {
     estimate
         .overdue
         .as_ref()
-        .is_some_and(|overdue| u128::from(overdue.age_ns) > options.wait_out.as_nanos())
+        .filter(|overdue| u128::from(overdue.age_ns) > options.wait_out.as_nanos())
+        .map(|overdue| overdue.who.clone())
+        .or_else(|| estimate.inside_since_attach.clone())
 }
 
 /// Waits, gate open, until no overdue thread inside longer than
@@ -973,7 +981,7 @@ async fn wait_out(
         }
         tokio::time::sleep((deadline - now).min(WAIT_OUT_POLL)).await;
         let estimate = watch.estimate(Some(instance))?;
-        if !wait_out_needed(&estimate, options) || watch.missed()? > 0 {
+        if wait_out_reason(&estimate, options).is_none() || watch.missed()? > 0 {
             return Ok(Some(estimate));
         }
     }
@@ -1137,18 +1145,27 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
     }
 
     #[test]
-    fn only_an_overdue_thread_inside_longer_than_wait_out_is_waited_for() {
+    fn an_overdue_thread_past_wait_out_or_one_inside_since_attach_is_waited_for() {
         let options = options(&["lswloop0"], false);
         let mut estimate = Estimate::default();
-        assert!(!wait_out_needed(&estimate, &options), "nothing overdue");
+        assert_eq!(wait_out_reason(&estimate, &options), None, "nothing overdue");
         estimate.add_overdue(5_000_000, || "f: thread 7 inside for 5.0 ms".into());
-        assert!(
-            !wait_out_needed(&estimate, &options),
+        assert_eq!(
+            wait_out_reason(&estimate, &options),
+            None,
             "overdue, but within --wait-out"
         );
+        estimate.inside_since_attach = Some("f: thread 9 inside since before attach, at least 1.0 ms".into());
+        assert_eq!(
+            wait_out_reason(&estimate, &options).as_deref(),
+            Some("f: thread 9 inside since before attach, at least 1.0 ms")
+        );
         estimate.add_overdue(1_500_000_000, || "f: thread 8 inside for 1.50 s".into());
-        assert!(wait_out_needed(&estimate, &options));
-        assert_eq!(estimate.overdue.unwrap().who, "f: thread 8 inside for 1.50 s");
+        assert_eq!(
+            wait_out_reason(&estimate, &options).as_deref(),
+            Some("f: thread 8 inside for 1.50 s"),
+            "the overdue thread first"
+        );
     }
 
     #[test]

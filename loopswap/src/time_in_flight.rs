@@ -127,13 +127,18 @@ pub struct Estimate {
     /// thread out with its gate still open (`--wait-out`).
     #[serde(skip)]
     pub overdue: Option<Overdue>,
+    /// A frame found on a stack at attach, in a function seen returning
+    /// since: when it leaves is unknown, and a swap that closed its gate
+    /// now would wait for it with callers held, so it waits with the gate
+    /// open ("function: thread T inside since before attach, at least X").
+    #[serde(skip)]
+    pub inside_since_attach: Option<String>,
 }
 
 /// A frame inside longer than every call of its function seen returning.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Overdue {
-    /// How long it has been inside (a lower bound for a frame found on a
-    /// stack at attach).
+    /// How long it has been inside.
     pub age_ns: u64,
     /// "function: thread T inside for X".
     pub who: String,

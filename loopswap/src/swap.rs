@@ -74,7 +74,7 @@ pub struct SwapOptions {
     /// Before the gate closes, wait (gate open, up to `timeout`) while a
     /// thread counted against the instance is overdue (inside longer than
     /// every call of its function seen returning) and inside longer than
-    /// this.
+    /// this, or was found inside at attach (see `wait_out_reason`).
     pub wait_out: Duration,
     /// For tests: stop (sleep) after this phase of the first instance,
     /// `PHASE` for good or `PHASE:DURATION` for that long.
@@ -958,8 +958,8 @@ fn wait_out_reason(estimate: &Estimate, options: &SwapOptions) -> Option<String>
         .or_else(|| estimate.inside_since_attach.clone())
 }
 
-/// Waits, gate open, until no overdue thread inside longer than
-/// `--wait-out` counts against `instance`, or a probe event is missed (the
+/// Waits, gate open, until no thread to wait out ([`wait_out_reason`])
+/// counts against `instance`, or a probe event is missed (the
 /// swap is refused next), or `deadline`: then the gate closes and waits as
 /// before. Looks every 20 ms, not at each thread leaving: under load
 /// threads leave all the time, and each look may run the frame listing,

@@ -1386,6 +1386,14 @@ impl ModuleWatch {
                 .map_or("?", |function| function.name.as_str())
         };
         let histogram = |func: u32| histograms.get(func as usize).unwrap_or(&TimeHistogram::ZERO);
+        // Only a call that came through the gate is waited out with the
+        // gate open: the module's own threads, timers and work (in its
+        // other functions) are what `quiesce` stops once the gate closes.
+        let entry = |func: u32| {
+            self.functions
+                .get(func as usize)
+                .is_some_and(|function| function.exported)
+        };
         for (key, value) in entries {
             let counts = match (instance, value.instance) {
                 (None, _) | (_, NO_INSTANCE | MIXED_INSTANCES) => true,
@@ -1409,7 +1417,7 @@ impl ModuleWatch {
                 )
             };
             estimate.add(time_in_flight::remaining_ns(histogram(key.func), age), who);
-            if time_in_flight::overdue(histogram(key.func), age) {
+            if entry(key.func) && time_in_flight::overdue(histogram(key.func), age) {
                 estimate.add_overdue(age, who);
             }
         }
@@ -1432,9 +1440,9 @@ impl ModuleWatch {
                 if histogram.max_ns > age {
                     estimate.add(time_in_flight::remaining_ns(histogram, age), who);
                 }
-                // A function never seen returning (a thread's main loop)
-                // says nothing about when this one leaves.
-                if histogram.max_ns > 0 && estimate.inside_since_attach.is_none() {
+                // A function never seen returning says nothing about when
+                // this one leaves.
+                if entry(*func) && histogram.max_ns > 0 && estimate.inside_since_attach.is_none() {
                     estimate.inside_since_attach = Some(who());
                 }
             }

@@ -124,7 +124,7 @@ pub struct InstanceReport {
     /// On failure: functions with threads in flight, and those threads.
     pub busy_functions: Vec<FunctionCount>,
     pub holders: Vec<Holder>,
-    /// The overdue thread the swap first waited for with the gate open
+    /// The thread the swap first waited for with the gate open
     /// (`--wait-out`), if it waited.
     pub waited_out: Option<String>,
     /// Aborted because probe events were missed (retried).
@@ -750,27 +750,50 @@ async fn swap_one(
     if !take_estimate(&mut phases, &mut report, &estimate, options, "estimated") {
         return Ok(report);
     }
-    // A thread inside far longer than usual would set the blackout: wait
-    // for it to leave while callers still pass, then estimate again.
-    if !options.force_wait && wait_out_reason(&estimate, options).is_some() {
+    // A call inside far longer than usual, or one inside since before
+    // attach, would set the blackout: wait for it to leave while callers
+    // still pass, then estimate again.
+    let waited_for = if options.force_wait {
+        None
+    } else {
+        wait_out_reason(&estimate, options)
+    };
+    if let Some(who) = waited_for {
         let at = Instant::now();
-        report.waited_out = wait_out_reason(&estimate, options);
         phases.say(format!(
-            "{}: waiting with the gate open (up to {}) for {}, inside longer than any call of it seen returning",
+            "{}: waiting with the gate open (up to {}) for {who}",
             instance.name,
             humantime::format_duration(options.timeout),
-            report.waited_out.as_deref().unwrap_or("?")
         ));
-        let estimate = match wait_out(watch, id, options, at + options.timeout).await? {
-            Some(estimate) => estimate,
-            None => {
+        report.waited_out = Some(who);
+        match wait_out(watch, id, options, at + options.timeout).await? {
+            WaitOut::Clear(estimate) => {
+                phases.record(&mut report, "wait out", at);
+                if !take_estimate(&mut phases, &mut report, &estimate, options, "estimated again") {
+                    return Ok(report);
+                }
+            }
+            WaitOut::StillInside(who) => {
+                report.error = Some(format!(
+                    "refused before the gate closed: {who} was still inside after waiting {} with the \
+                     gate open; run the swap again later, or pass --force-wait to close the gate at \
+                     once and wait for it with callers held",
+                    humantime::format_duration(options.timeout)
+                ));
+                return Ok(report);
+            }
+            WaitOut::Missed(missed) => {
+                report.unprovable = true;
+                report.error = Some(format!(
+                    "refused before the gate closed: {}",
+                    missed_reason(missed, watch)
+                ));
+                return Ok(report);
+            }
+            WaitOut::Cancelled => {
                 report.error = Some("interrupted before the gate closed".into());
                 return Ok(report);
             }
-        };
-        phases.record(&mut report, "wait out", at);
-        if !take_estimate(&mut phases, &mut report, &estimate, options, "estimated again") {
-            return Ok(report);
         }
     }
 
@@ -946,9 +969,9 @@ fn too_long(estimate: &Estimate, options: &SwapOptions) -> Option<String> {
     })
 }
 
-/// The thread a swap waits for with its gate open, if any: an overdue one
-/// inside longer than `--wait-out`, or one found inside at attach in a
-/// function seen returning since.
+/// The thread a swap waits for with its gate open, if any, described: one
+/// in an entry point, overdue and inside longer than `--wait-out`, or found
+/// inside one at attach, in a function seen returning since.
 fn wait_out_reason(estimate: &Estimate, options: &SwapOptions) -> Option<String> {
     estimate
         .overdue
@@ -958,37 +981,50 @@ fn wait_out_reason(estimate: &Estimate, options: &SwapOptions) -> Option<String>
         .or_else(|| estimate.inside_since_attach.clone())
 }
 
+/// How a wait with the gate open ended.
+enum WaitOut {
+    /// Nothing left to wait for: the estimate now.
+    Clear(Estimate),
+    /// At the deadline, this thread was still inside.
+    StillInside(String),
+    /// Probe events were missed meanwhile: quiescence is unprovable.
+    Missed(u64),
+    /// SIGINT or SIGTERM.
+    Cancelled,
+}
+
 /// Waits, gate open, until no thread to wait out ([`wait_out_reason`])
-/// counts against `instance`, or a probe event is missed (the
-/// swap is refused next), or `deadline`: then the gate closes and waits as
-/// before. Looks every 20 ms, not at each thread leaving: under load
-/// threads leave all the time, and each look may run the frame listing,
-/// during which the probes skip the module's calls on that CPU (misses).
-/// `None` when SIGINT or SIGTERM came.
+/// counts against `instance`, or a probe event is missed, or `deadline`.
+/// Looks every 100 ms, not at each thread leaving: under load threads
+/// leave all the time, and a look may run the frame listing, during which
+/// the probes skip the module's calls on that CPU (misses).
 async fn wait_out(
     watch: &mut ModuleWatch,
     instance: u32,
     options: &SwapOptions,
     deadline: Instant,
-) -> Result<Option<Estimate>, Error> {
+) -> Result<WaitOut, Error> {
     loop {
         if cancelled() {
-            return Ok(None);
+            return Ok(WaitOut::Cancelled);
         }
         let now = Instant::now();
-        if now >= deadline {
-            return watch.estimate(Some(instance)).map(Some);
+        tokio::time::sleep(deadline.saturating_duration_since(now).min(WAIT_OUT_POLL)).await;
+        let missed = watch.missed()?;
+        if missed > 0 {
+            return Ok(WaitOut::Missed(missed));
         }
-        tokio::time::sleep((deadline - now).min(WAIT_OUT_POLL)).await;
         let estimate = watch.estimate(Some(instance))?;
-        if wait_out_reason(&estimate, options).is_none() || watch.missed()? > 0 {
-            return Ok(Some(estimate));
+        match wait_out_reason(&estimate, options) {
+            None => return Ok(WaitOut::Clear(estimate)),
+            Some(who) if Instant::now() >= deadline => return Ok(WaitOut::StillInside(who)),
+            Some(_) => {}
         }
     }
 }
 
-/// How often a swap waiting out an overdue thread looks again.
-const WAIT_OUT_POLL: Duration = Duration::from_millis(20);
+/// How often a swap waiting with the gate open looks again.
+const WAIT_OUT_POLL: Duration = Duration::from_millis(100);
 
 /// Sleeps up to `wait`, less if a thread leaves the module meanwhile (a
 /// record in the "left" ring buffer, drained here).

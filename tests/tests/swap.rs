@@ -336,7 +336,7 @@ echo "== end"
 
 #[test]
 fn a_thread_stalled_inside_is_waited_out_with_the_gate_open() {
-    // A read of lswloop0 sleeps 8 s (then 5 s) inside lswloop_v1 from
+    // A read of lswloop0 sleeps 8 s (twice) inside lswloop_v1 from
     // before the counters attach, while reads of lswloop1 keep calls of
     // the same function returning in microseconds: the stalled thread is
     // overdue, so the swap waits for it with the gate open, and the
@@ -354,7 +354,12 @@ stalled_read() {{
     echo $1 > $stall
     dd if=/dev/lswloop0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
     held=$!
-    sleep 0.3
+    # Inside the stall (dispatched from dd's own context), however slow
+    # the machine: only then may later reads go on unstalled.
+    n=0
+    until grep -q lswloop_v1_queue_rq /proc/$held/stack 2>/dev/null || [ $n -ge 250 ]; do
+        usleep 20000; n=$((n + 1))
+    done
     echo 0 > $stall
     (while [ ! -e /tmp/stop ]; do dd if=/dev/lswloop1 of=/dev/null bs=4k count=256 iflag=direct 2>/dev/null; done) &
     reader=$!
@@ -370,8 +375,12 @@ kill -INT $swap
 wait $swap; rc=$?; echo "== interrupted"; echo "status=$rc"
 echo "== report"; cat /tmp/swap.txt
 echo "== modules"; cut -d' ' -f1 /proc/modules | grep lswloop_ | sort
+echo "== refused"
+loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 1s --json 2> /tmp/err; echo "status=$?"
+cat /tmp/err
 wait $held; rc=$?; echo "== held"; echo "status=$rc"
-stalled_read 5000
+stalled_read 8000
+echo "== stalled"; echo "thread $held"
 echo "== swap"; loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 20s --json
 echo "status=$?"
 wait $held; rc=$?; echo "== held2"; echo "status=$rc"
@@ -397,6 +406,16 @@ echo "== end"
         ["lswloop_v1"],
         "the swap unloads what it loaded: {out}"
     );
+    // Still inside after --timeout with the gate open: refused, unchanged.
+    let refused = section(out, "refused");
+    let report: Value = serde_json::from_str(refused[0]).unwrap();
+    assert_eq!(refused[1], "status=1", "{report}");
+    assert_eq!(report["instances"][0]["gated"], false, "{report}");
+    assert!(
+        refused[2].contains("not started, nothing changed")
+            && refused[2].contains("was still inside after waiting 1s with the gate open"),
+        "{refused:?}"
+    );
     assert_eq!(section(out, "held"), ["status=0"], "{out}");
 
     let swap = section(out, "swap");
@@ -404,10 +423,15 @@ echo "== end"
     assert_eq!(swap[1], "status=0", "{report}");
     assert_committed(&report);
     let instance = &report["instances"][0];
+    // The stalled read's own thread, not a reader of lswloop1.
+    let stalled = section(out, "stalled");
     let waited = instance["waited_out"].as_str().unwrap_or_default();
     assert!(
-        waited.starts_with("lswloop_v1_queue_rq: thread ") && waited.contains("inside since before attach"),
-        "{report}"
+        waited.starts_with(&format!(
+            "lswloop_v1_queue_rq: {} inside since before attach",
+            stalled[0]
+        )),
+        "{stalled:?} {report}"
     );
     assert!(
         instance["phases"]
@@ -418,7 +442,7 @@ echo "== end"
         "{report}"
     );
     // Had the gate closed at once, the blackout would include the rest of
-    // the 5 s stall (over 3 s): the gate closed after the thread left.
+    // the 8 s stall (over 5 s): the gate closed after the thread left.
     assert!(instance["blackout_us"].as_u64().unwrap() < 1_000_000, "{report}");
     assert_eq!(section(out, "held2"), ["status=0"], "{out}");
 }

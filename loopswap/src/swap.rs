@@ -68,8 +68,8 @@ pub struct SwapOptions {
     /// Per instance, from closing its gate to giving up.
     pub timeout: Duration,
     pub keep_old: bool,
-    /// Close the gate even when quiescence is estimated to take longer
-    /// than `timeout`, and without waiting out overdue threads first.
+    /// Close the gate at once, even when quiescence is estimated to take
+    /// longer than `timeout`, and without the wait of `wait_out`.
     pub force_wait: bool,
     /// Before the gate closes, wait (gate open, up to `timeout`) while a
     /// thread counted against the instance is overdue (inside longer than
@@ -740,7 +740,7 @@ async fn swap_one(
         phases.record(&mut report, "attach", at);
     }
     if cancelled() {
-        report.error = Some("interrupted before the gate closed".into());
+        report.error = Some(INTERRUPTED_BEFORE_GATE.into());
         return Ok(report);
     }
     // How long the threads inside now will likely stay, from how long
@@ -783,15 +783,11 @@ async fn swap_one(
                 return Ok(report);
             }
             WaitOut::Missed(missed) => {
-                report.unprovable = true;
-                report.error = Some(format!(
-                    "refused before the gate closed: {}",
-                    missed_reason(missed, watch)
-                ));
+                refuse_for_misses(&mut report, missed, watch);
                 return Ok(report);
             }
             WaitOut::Cancelled => {
-                report.error = Some("interrupted before the gate closed".into());
+                report.error = Some(INTERRUPTED_BEFORE_GATE.into());
                 return Ok(report);
             }
         }
@@ -801,7 +797,7 @@ async fn swap_one(
     // CPU) are read again now, not while the gate is closed.
     watch.settle(PRE_GATE_SETTLE);
     if cancelled() {
-        report.error = Some("interrupted before the gate closed".into());
+        report.error = Some(INTERRUPTED_BEFORE_GATE.into());
         return Ok(report);
     }
     // The full stack scan, before the gate closes: the check inside the
@@ -814,11 +810,7 @@ async fn swap_one(
     // next: found now, the retry with fresh counters costs no blackout.
     let missed = watch.missed()?;
     if missed > 0 {
-        report.unprovable = true;
-        report.error = Some(format!(
-            "refused before the gate closed: {}",
-            missed_reason(missed, watch)
-        ));
+        refuse_for_misses(&mut report, missed, watch);
         let _ = watch.end_stack_check();
         return Ok(report);
     }
@@ -1026,23 +1018,6 @@ async fn wait_out(
 /// How often a swap waiting with the gate open looks again.
 const WAIT_OUT_POLL: Duration = Duration::from_millis(100);
 
-/// Sleeps up to `wait`, less if a thread leaves the module meanwhile (a
-/// record in the "left" ring buffer, drained here).
-async fn wait_for_leaving(left: &mut Option<LeftEvents>, wait: Duration) {
-    match left {
-        Some(fd) => {
-            let _ = tokio::time::timeout(wait, async {
-                if let Ok(mut guard) = fd.readable_mut().await {
-                    while guard.get_inner_mut().next().is_some() {}
-                    guard.clear_ready();
-                }
-            })
-            .await;
-        }
-        None => tokio::time::sleep(wait).await,
-    }
-}
-
 /// How long a swap retries, before its gate closes, the stacks that could
 /// not be read at attach; what is still unread is retried in the wait.
 const PRE_GATE_SETTLE: Duration = Duration::from_millis(100);
@@ -1055,6 +1030,16 @@ fn missed_reason(missed: u64, watch: &ModuleWatch) -> String {
     )
 }
 
+/// Refuses an instance, before its gate closes, for probe misses: it is
+/// retried with fresh counters.
+fn refuse_for_misses(report: &mut InstanceReport, missed: u64, watch: &ModuleWatch) {
+    report.unprovable = true;
+    report.error = Some(format!(
+        "refused before the gate closed: {}",
+        missed_reason(missed, watch)
+    ));
+}
+
 /// What a swap refused for misses at every attempt adds to its reason:
 /// that each attempt was refused, and what to do about it.
 fn unprovable_every_time(attempts: u32) -> String {
@@ -1065,6 +1050,10 @@ fn unprovable_every_time(attempts: u32) -> String {
          most often under load)"
     )
 }
+
+/// Why an instance was not swapped when SIGINT or SIGTERM came before its
+/// gate closed.
+const INTERRUPTED_BEFORE_GATE: &str = "interrupted before the gate closed";
 
 fn interrupted() -> String {
     "interrupted by SIGINT or SIGTERM".into()
@@ -1147,7 +1136,19 @@ async fn wait_quiescent(
         if now >= deadline {
             return Err(NotQuiescent::TimedOut);
         }
-        wait_for_leaving(left, (deadline - now).min(Duration::from_millis(20))).await;
+        let wait = (deadline - now).min(Duration::from_millis(20));
+        match left {
+            Some(fd) => {
+                let _ = tokio::time::timeout(wait, async {
+                    if let Ok(mut guard) = fd.readable_mut().await {
+                        while guard.get_inner_mut().next().is_some() {}
+                        guard.clear_ready();
+                    }
+                })
+                .await;
+            }
+            None => tokio::time::sleep(wait).await,
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub struct SwapArgs {
 
     /// Close the gate at once, even when quiescence is estimated to take
     /// longer than --timeout (the wait still ends at --timeout), and
-    /// without waiting out overdue threads first (--wait-out).
+    /// without first waiting with the gate open (--wait-out).
     #[arg(long)]
     pub force_wait: bool,
 

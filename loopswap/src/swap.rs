@@ -451,21 +451,18 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapR
                 .map(|implementation| implementation.module.clone())
                 .unwrap_or_else(|| instance.implementation.clone());
             let counters = watches.entry(from_module.clone()).or_default();
+            let mut instance_move = Move {
+                instance,
+                from_module: &from_module,
+                to: &to,
+                wait_out_deadline: None,
+            };
             // A probe miss makes quiescence unprovable, not false: the swap was
             // aborted safely, and a fresh attach starts with clean counters.
             let mut attempts = 0;
             let mut report = loop {
                 attempts += 1;
-                let report = swap_one(
-                    &mut control,
-                    instance,
-                    &from_module,
-                    &to,
-                    options,
-                    counters,
-                    progress,
-                )
-                .await?;
+                let report = swap_one(&mut control, &mut instance_move, options, counters, progress).await?;
                 if report.committed || !report.unprovable || cancelled() || attempts == MISS_ATTEMPTS {
                     break report;
                 }
@@ -682,15 +679,32 @@ impl Phases<'_> {
     }
 }
 
+/// One instance's move from its module to `to`, and what the attempts at
+/// it share.
+struct Move<'a> {
+    instance: &'a Instance,
+    from_module: &'a str,
+    to: &'a str,
+    /// Until when the swap waits with the gate open, set by the first
+    /// attempt that waits: an attempt retried after probe misses waits only
+    /// for what is left, so `--timeout` bounds the instance's whole wait
+    /// with the gate open, not each attempt's.
+    wait_out_deadline: Option<Instant>,
+}
+
 async fn swap_one(
     control: &mut Control,
-    instance: &Instance,
-    from_module: &str,
-    to: &str,
+    instance_move: &mut Move<'_>,
     options: &SwapOptions,
     counters: &mut Counters,
     progress: Progress<'_>,
 ) -> Result<InstanceReport, Error> {
+    let Move {
+        instance,
+        from_module,
+        to,
+        ..
+    } = *instance_move;
     let id = instance.id;
     let mut report = InstanceReport {
         id,
@@ -760,13 +774,18 @@ async fn swap_one(
     };
     if let Some(who) = waited_for {
         let at = Instant::now();
+        let deadline = *instance_move
+            .wait_out_deadline
+            .get_or_insert(at + options.timeout);
+        // Whole milliseconds: what a retry has left is no round figure.
+        let left = Duration::from_millis(deadline.saturating_duration_since(at).as_millis() as u64);
         phases.say(format!(
             "{}: waiting with the gate open (up to {}) for {who}",
             instance.name,
-            humantime::format_duration(options.timeout),
+            humantime::format_duration(left),
         ));
         report.waited_out = Some(who);
-        match wait_out(watch, id, options, at + options.timeout).await? {
+        match wait_out(watch, id, options, deadline).await? {
             WaitOut::Clear(estimate) => {
                 phases.record(&mut report, "wait out", at);
                 if !take_estimate(&mut phases, &mut report, &estimate, options, "estimated again") {
@@ -814,6 +833,14 @@ async fn swap_one(
         let _ = watch.end_stack_check();
         return Ok(report);
     }
+    // The look the gate will take, taken once now and its answer dropped
+    // (threads are still welcome inside): code a process runs for the
+    // first time costs more than it will the second time, up to 0.8 ms
+    // of this look under emulation, where each new process's code is
+    // translated anew; paid here, it is not paid with callers held. A
+    // look is read-only and may come at any time after the stack check
+    // began: the wait inside the gate takes as many as it needs.
+    let _ = quiescent_now(watch, id);
 
     // From here on, any failure aborts (and so does our exit: the core
     // aborts a swap whose handle closes, or whose deadline passes).
@@ -1112,6 +1139,18 @@ fn abort(
 /// accounted for, and the kernel stacks agree. Woken by the probes each
 /// time a thread leaves a function; re-checked every 20 ms for the threads
 /// found on stacks at attach, whose leaving no probe sees.
+/// One look: no frame of the old module counts against `instance`, no
+/// thread's stack is unread, and the stacks confirm the counters.
+fn quiescent_now(watch: &mut ModuleWatch, instance: u32) -> Result<bool, NotQuiescent> {
+    let (busy, missed) = watch.quiescence(instance).map_err(NotQuiescent::Failed)?;
+    if missed > 0 {
+        return Err(NotQuiescent::Missed(missed));
+    }
+    Ok(busy == 0
+        && watch.unresolved_tasks().is_empty()
+        && watch.confirmed_by_stacks().map_err(NotQuiescent::Failed)?)
+}
+
 async fn wait_quiescent(
     watch: &mut ModuleWatch,
     left: &mut Option<LeftEvents>,
@@ -1122,14 +1161,7 @@ async fn wait_quiescent(
         if cancelled() {
             return Err(NotQuiescent::Cancelled);
         }
-        let (busy, missed) = watch.quiescence(instance).map_err(NotQuiescent::Failed)?;
-        if missed > 0 {
-            return Err(NotQuiescent::Missed(missed));
-        }
-        if busy == 0
-            && watch.unresolved_tasks().is_empty()
-            && watch.confirmed_by_stacks().map_err(NotQuiescent::Failed)?
-        {
+        if quiescent_now(watch, instance)? {
             return Ok(());
         }
         let now = Instant::now();

@@ -157,6 +157,16 @@ for i in $(seq {swaps}); do
     t1=$(now)
     echo "SWAP $((t1 - t0)) $report"
 done
+# The control for the IOPS while probes attach: one CPU-bound process for
+# about as long as an attach under this load, 5 times (this VM's vCPUs
+# share one host thread, so any busy process takes from fio).
+epoch_us() {{ adjtimex | awk '/tv_sec/ {{ s = $2 }} /tv_usec/ {{ u = $2 }} END {{ printf "%d%06d\n", s, u }}'; }}
+for i in 1 2 3 4 5; do
+    sleep 1
+    from=$(epoch_us)
+    timeout 1 sh -c 'while :; do :; done' || true
+    echo "BUSY $from $(epoch_us)"
+done
 sleep 1
 kill -INT $fio
 wait $fio || true
@@ -343,6 +353,8 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     // Before each gate closes (attach, seed, estimate) and after it opens
     // (detach): when the probes come and go.
     let mut probe_windows_ms = Vec::new();
+    // Each swap's start, gate closing, gate opening and process end.
+    let mut swap_spans_ms: Vec<(f64, f64, f64, f64)> = Vec::new();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (process_ns, report) in &swapped {
         let process_ms = process_ns.parse::<f64>().context("a swap's process time")? / 1e6;
@@ -361,6 +373,7 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         // The process's end, detach included (timed from just before it
         // started, so a little late: the window errs wide).
         let ended_ms = started_ms + (report["micros"].as_f64().context("micros")? / 1000.0).max(process_ms);
+        swap_spans_ms.push((started_ms, closed_ms, closed_ms + blackout / 1000.0, ended_ms));
         probe_windows_ms.push((started_ms, closed_ms));
         probe_windows_ms.push((closed_ms + blackout / 1000.0, ended_ms));
         for phase in instance["phases"].as_array().context("phases")? {
@@ -370,6 +383,23 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
                 .or_default()
                 .push(phase["micros"].as_f64().unwrap_or(0.0));
         }
+    }
+    // While one CPU-bound process ran, after the swaps (`BUSY` lines: its
+    // start and end in µs since the epoch): the control for what any busy
+    // process costs the workload in this VM.
+    let busy_windows_ms: Vec<(f64, f64)> = output
+        .lines()
+        .filter_map(|line| line.strip_prefix("BUSY "))
+        .filter_map(|span| {
+            let (from, to) = span.trim().split_once(' ')?;
+            Some((
+                from.parse::<f64>().ok()? / 1000.0,
+                to.parse::<f64>().ok()? / 1000.0,
+            ))
+        })
+        .collect();
+    if busy_windows_ms.is_empty() {
+        bail!("no CPU-bound control windows (BUSY lines) in the output");
     }
     // The slowest I/O completing in each gate window (a log window that
     // overlaps it), against the same-length window at the same offset in
@@ -393,11 +423,62 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             worst_in(start, start + (to - from))
         })
         .collect();
+    // The same-length windows inside those of the CPU-bound process,
+    // clear of its start and end.
+    let mut busy_worst: Vec<f64> = windows_ms
+        .iter()
+        .enumerate()
+        .map(|(i, (from, to))| {
+            let (busy_from, busy_to) = busy_windows_ms[i % busy_windows_ms.len()];
+            let rounds = windows_ms.len().div_ceil(busy_windows_ms.len()) as f64;
+            let span = (busy_to - busy_from - 200.0 - (to - from)).max(0.0);
+            let start = busy_from + 100.0 + span * ((i / busy_windows_ms.len()) as f64 / rounds);
+            worst_in(start, start + (to - from))
+        })
+        .collect();
     let worst_with: f64 = latency
         .iter()
         .filter(|(ms, _)| *ms as f64 >= first_swap_ms)
         .map(|(_, us)| *us)
         .fold(0.0, f64::max);
+    // Where the worst I/O with swaps completed (a log entry covers the 10 ms
+    // before its time).
+    let worst_at = latency
+        .iter()
+        .filter(|(ms, _)| *ms as f64 >= first_swap_ms)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(0.0, |(ms, _)| *ms as f64);
+    let in_span = |from: f64, to: f64| worst_at + 10.0 >= from && worst_at <= to + 10.0;
+    let worst_where = swap_spans_ms
+        .iter()
+        .enumerate()
+        .find_map(|(i, &(started, closed, opened, ended))| {
+            let n = i + 1;
+            if in_span(closed, opened) {
+                Some(format!("the gate window of swap {n}"))
+            } else if in_span(started, closed) {
+                Some(format!(
+                    "swap {n} before its gate (attach; {:.0} ms after its start, the gate closed at {:.0})",
+                    worst_at - started,
+                    closed - started
+                ))
+            } else if in_span(opened, ended) {
+                Some(format!(
+                    "swap {n} after its gate (detach; {:.0} ms after it opened, the process ended at {:.0})",
+                    worst_at - opened,
+                    ended - opened
+                ))
+            } else {
+                None
+            }
+        })
+        .or_else(|| {
+            busy_windows_ms
+                .iter()
+                .any(|&(from, to)| in_span(from, to))
+                .then(|| "the CPU-bound control".to_owned())
+        })
+        .unwrap_or_else(|| "between swaps".to_owned());
     let worst_without: f64 = latency
         .iter()
         .filter(|(ms, _)| (*ms as f64) < first_swap_ms - 100.0)
@@ -418,6 +499,7 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         values.iter().sum::<f64>() / values.len().max(1) as f64
     };
     let iops_probes = mean_iops(&probe_windows_ms);
+    let iops_busy = mean_iops(&busy_windows_ms);
     let iops_quiet = mean_iops(&[(first_ms as f64 + 500.0, first_swap_ms - 500.0)]);
 
     let reload_ms = output
@@ -478,10 +560,20 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         format!("{:.1} ms", control_median / 1000.0),
     );
     row("  ratio", format!("{:.2}x", gate_median / control_median));
+    let busy_median = median(&mut busy_worst);
+    row(
+        "slowest I/O in such windows while one CPU-bound process runs (control), ratio",
+        format!(
+            "{:.1} ms ({:.2}x)",
+            busy_median / 1000.0,
+            busy_median / control_median
+        ),
+    );
     row(
         "worst I/O of the run, with swaps",
         format!("{:.1} ms", worst_with / 1000.0),
     );
+    row("  it completed in", worst_where.clone());
     row(
         "worst I/O of the run, before the first swap",
         format!("{:.1} ms", worst_without / 1000.0),
@@ -511,6 +603,14 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         format!("{iops_quiet:.0}"),
     );
     row("  ratio", format!("{:.2}x", iops_probes / iops_quiet));
+    row(
+        "direct-job IOPS while one CPU-bound process runs (control), ratio to before",
+        format!("{iops_busy:.0} ({:.2}x)", iops_busy / iops_quiet),
+    );
+    row(
+        "  IOPS while probes attach or detach / while that process runs",
+        format!("{:.2}x", iops_probes / iops_busy),
+    );
     let whole_median = median(&mut whole);
     let idle_whole_median = median(&mut idle_whole);
     let mut enable_median = |load: &str| -> anyhow::Result<f64> {
@@ -601,13 +701,19 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         "slowest_io_us": {
             "gate_windows_median": gate_median,
             "control_windows_median": control_median,
+            "one_cpu_bound_process_windows_median": busy_median,
             "run_with_swaps": worst_with,
+            "run_with_swaps_completed_in": worst_where,
             "before_first_swap": worst_without,
         },
         "whole_swap_median_ms": whole_median,
         "whole_swap_idle_median_ms": idle_whole_median,
         "swap_process_median_ms": { "under_fio": median(&mut process), "idle": median(&mut idle_process) },
-        "direct_iops": { "probes_attaching_or_detaching": iops_probes, "before_first_swap": iops_quiet },
+        "direct_iops": {
+            "probes_attaching_or_detaching": iops_probes,
+            "before_first_swap": iops_quiet,
+            "one_cpu_bound_process": iops_busy,
+        },
         "livepatch_transition_ms": livepatch.iter().map(|(load, (enables, disables))| {
             (load.to_string(), serde_json::json!({ "enable": enables, "disable": disables }))
         }).collect::<BTreeMap<_, _>>(),

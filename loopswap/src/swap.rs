@@ -455,7 +455,7 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapR
                 instance,
                 from_module: &from_module,
                 to: &to,
-                wait_out_deadline: None,
+                waited_out_for: Duration::ZERO,
             };
             // A probe miss makes quiescence unprovable, not false: the swap was
             // aborted safely, and a fresh attach starts with clean counters.
@@ -685,11 +685,11 @@ struct Move<'a> {
     instance: &'a Instance,
     from_module: &'a str,
     to: &'a str,
-    /// Until when the swap waits with the gate open, set by the first
-    /// attempt that waits: an attempt retried after probe misses waits only
-    /// for what is left, so `--timeout` bounds the instance's whole wait
-    /// with the gate open, not each attempt's.
-    wait_out_deadline: Option<Instant>,
+    /// How long the attempts so far waited with the gate open: an attempt
+    /// retried after probe misses waits only for what is left of
+    /// `--timeout`, which so bounds the instance's whole wait with the gate
+    /// open, not each attempt's.
+    waited_out_for: Duration,
 }
 
 async fn swap_one(
@@ -774,18 +774,18 @@ async fn swap_one(
     };
     if let Some(who) = waited_for {
         let at = Instant::now();
-        let deadline = *instance_move
-            .wait_out_deadline
-            .get_or_insert(at + options.timeout);
+        let left = options.timeout.saturating_sub(instance_move.waited_out_for);
         // Whole milliseconds: what a retry has left is no round figure.
-        let left = Duration::from_millis(deadline.saturating_duration_since(at).as_millis() as u64);
+        let left_ms = Duration::new(left.as_secs(), left.subsec_millis() * 1_000_000);
         phases.say(format!(
             "{}: waiting with the gate open (up to {}) for {who}",
             instance.name,
-            humantime::format_duration(left),
+            humantime::format_duration(left_ms),
         ));
         report.waited_out = Some(who);
-        match wait_out(watch, id, options, deadline).await? {
+        let waited = wait_out(watch, id, options, at + left).await;
+        instance_move.waited_out_for += at.elapsed();
+        match waited? {
             WaitOut::Clear(estimate) => {
                 phases.record(&mut report, "wait out", at);
                 if !take_estimate(&mut phases, &mut report, &estimate, options, "estimated again") {
@@ -825,22 +825,32 @@ async fn swap_one(
         report.error = Some(format!("refused before the gate closed: {err}"));
         return Ok(report);
     }
-    // A miss since attach makes quiescence unprovable whatever happens
-    // next: found now, the retry with fresh counters costs no blackout.
-    let missed = watch.missed()?;
-    if missed > 0 {
-        refuse_for_misses(&mut report, missed, watch);
-        let _ = watch.end_stack_check();
-        return Ok(report);
+    // Each part of the look the wait inside the gate takes, taken once now
+    // with its answer dropped (threads are still welcome inside): code a
+    // process runs for the first time costs more than it will the second
+    // time, 0.65–1.5 ms more for this look under emulation, where each new
+    // process's code is translated anew; paid here, it is not paid with
+    // callers held. It changes only what the estimate and the settle
+    // already change before the gate (seeded threads seen gone, stacks
+    // read since), and the wait inside the gate decides on looks of its
+    // own. A miss since attach makes quiescence unprovable whatever
+    // happens next, and a failure would recur inside: found now, they
+    // refuse the swap before its gate closes (a miss is retried with
+    // fresh counters at no blackout).
+    match look(watch, id, Parts::Every) {
+        // A look neither waits nor is interrupted.
+        Ok(_) | Err(NotQuiescent::TimedOut | NotQuiescent::Cancelled) => {}
+        Err(NotQuiescent::Missed(missed)) => {
+            refuse_for_misses(&mut report, missed, watch);
+            let _ = watch.end_stack_check();
+            return Ok(report);
+        }
+        Err(NotQuiescent::Failed(err)) => {
+            report.error = Some(format!("refused before the gate closed: {err}"));
+            let _ = watch.end_stack_check();
+            return Ok(report);
+        }
     }
-    // The look the gate will take, taken once now and its answer dropped
-    // (threads are still welcome inside): code a process runs for the
-    // first time costs more than it will the second time, up to 0.8 ms
-    // of this look under emulation, where each new process's code is
-    // translated anew; paid here, it is not paid with callers held. A
-    // look is read-only and may come at any time after the stack check
-    // began: the wait inside the gate takes as many as it needs.
-    let _ = quiescent_now(watch, id);
 
     // From here on, any failure aborts (and so does our exit: the core
     // aborts a swap whose handle closes, or whose deadline passes).
@@ -1134,23 +1144,39 @@ fn abort(
     }
 }
 
+/// Which parts of a look run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parts {
+    /// The stacks are read only if the counters say quiescent (the wait).
+    UntilOneSaysNo,
+    /// Every part, whatever the counters say (the rehearsal before the
+    /// gate closes).
+    Every,
+}
+
+/// One look: no missed event, no frame of the old module counting against
+/// `instance`, no thread's stack unread, and the stacks confirming the
+/// counters. Never inlined: one copy of this code, so that the rehearsal
+/// before the gate runs the very code the wait inside it runs.
+#[inline(never)]
+fn look(watch: &mut ModuleWatch, instance: u32, parts: Parts) -> Result<bool, NotQuiescent> {
+    let (busy, missed) = watch.quiescence(instance).map_err(NotQuiescent::Failed)?;
+    if missed > 0 {
+        return Err(NotQuiescent::Missed(missed));
+    }
+    let counted_out = busy == 0 && watch.unresolved_tasks().is_empty();
+    if !counted_out && parts == Parts::UntilOneSaysNo {
+        return Ok(false);
+    }
+    let confirmed = watch.confirmed_by_stacks().map_err(NotQuiescent::Failed)?;
+    Ok(counted_out && confirmed)
+}
+
 /// Waits until no frame of the old module serves `instance` (nor an
 /// unknown instance), every thread that was inside before attach has been
 /// accounted for, and the kernel stacks agree. Woken by the probes each
 /// time a thread leaves a function; re-checked every 20 ms for the threads
 /// found on stacks at attach, whose leaving no probe sees.
-/// One look: no frame of the old module counts against `instance`, no
-/// thread's stack is unread, and the stacks confirm the counters.
-fn quiescent_now(watch: &mut ModuleWatch, instance: u32) -> Result<bool, NotQuiescent> {
-    let (busy, missed) = watch.quiescence(instance).map_err(NotQuiescent::Failed)?;
-    if missed > 0 {
-        return Err(NotQuiescent::Missed(missed));
-    }
-    Ok(busy == 0
-        && watch.unresolved_tasks().is_empty()
-        && watch.confirmed_by_stacks().map_err(NotQuiescent::Failed)?)
-}
-
 async fn wait_quiescent(
     watch: &mut ModuleWatch,
     left: &mut Option<LeftEvents>,
@@ -1161,7 +1187,7 @@ async fn wait_quiescent(
         if cancelled() {
             return Err(NotQuiescent::Cancelled);
         }
-        if quiescent_now(watch, instance)? {
+        if look(watch, instance, Parts::UntilOneSaysNo)? {
             return Ok(());
         }
         let now = Instant::now();

@@ -398,8 +398,8 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    if busy_windows_ms.is_empty() {
-        bail!("no CPU-bound control windows (BUSY lines) in the output");
+    if busy_windows_ms.len() != 5 || busy_windows_ms.iter().any(|(from, to)| to - from < 500.0) {
+        bail!("the CPU-bound control did not run 5 times for about a second each: {busy_windows_ms:?}");
     }
     // The slowest I/O completing in each gate window (a log window that
     // overlaps it), against the same-length window at the same offset in
@@ -411,7 +411,11 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             .map(|(_, us)| *us)
             .fold(0.0, f64::max)
     };
-    let first_swap_ms = windows_ms.first().map_or(0.0, |w| w.0);
+    // The first swap's start (its attach is not "before the first swap")
+    // and the last one's end (the CPU-bound control comes after it).
+    let first_swap_ms = swap_spans_ms.first().map_or(0.0, |span| span.0);
+    let last_swap_ms = swap_spans_ms.last().map_or(0.0, |span| span.3);
+    let during_swaps = |ms: f64| ms >= first_swap_ms && ms <= last_swap_ms + 10.0;
     let mut gate_worst: Vec<f64> = windows_ms.iter().map(|(from, to)| worst_in(*from, *to)).collect();
     let mut control_worst: Vec<f64> = windows_ms
         .iter()
@@ -438,17 +442,17 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         .collect();
     let worst_with: f64 = latency
         .iter()
-        .filter(|(ms, _)| *ms as f64 >= first_swap_ms)
+        .filter(|(ms, _)| during_swaps(*ms as f64))
         .map(|(_, us)| *us)
         .fold(0.0, f64::max);
     // Where the worst I/O with swaps completed (a log entry covers the 10 ms
     // before its time).
     let worst_at = latency
         .iter()
-        .filter(|(ms, _)| *ms as f64 >= first_swap_ms)
+        .filter(|(ms, _)| during_swaps(*ms as f64))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map_or(0.0, |(ms, _)| *ms as f64);
-    let in_span = |from: f64, to: f64| worst_at + 10.0 >= from && worst_at <= to + 10.0;
+    let in_span = |from: f64, to: f64| worst_at >= from && worst_at <= to + 10.0;
     let worst_where = swap_spans_ms
         .iter()
         .enumerate()
@@ -458,25 +462,19 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
                 Some(format!("the gate window of swap {n}"))
             } else if in_span(started, closed) {
                 Some(format!(
-                    "swap {n} before its gate (attach; {:.0} ms after its start, the gate closed at {:.0})",
+                    "swap {n} before its gate, {:.0} ms after its start (the gate closed at {:.0}: attach, estimate, scan)",
                     worst_at - started,
                     closed - started
                 ))
             } else if in_span(opened, ended) {
                 Some(format!(
-                    "swap {n} after its gate (detach; {:.0} ms after it opened, the process ended at {:.0})",
+                    "swap {n} after its gate, {:.0} ms after it opened (the process ended at {:.0}: report, detach)",
                     worst_at - opened,
                     ended - opened
                 ))
             } else {
                 None
             }
-        })
-        .or_else(|| {
-            busy_windows_ms
-                .iter()
-                .any(|&(from, to)| in_span(from, to))
-                .then(|| "the CPU-bound control".to_owned())
         })
         .unwrap_or_else(|| "between swaps".to_owned());
     let worst_without: f64 = latency
@@ -562,7 +560,7 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     row("  ratio", format!("{:.2}x", gate_median / control_median));
     let busy_median = median(&mut busy_worst);
     row(
-        "slowest I/O in such windows while one CPU-bound process runs (control), ratio",
+        "  the same while a busy process runs (control), ratio to without",
         format!(
             "{:.1} ms ({:.2}x)",
             busy_median / 1000.0,
@@ -604,11 +602,11 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     );
     row("  ratio", format!("{:.2}x", iops_probes / iops_quiet));
     row(
-        "direct-job IOPS while one CPU-bound process runs (control), ratio to before",
+        "  IOPS while a busy process runs (control), ratio to before",
         format!("{iops_busy:.0} ({:.2}x)", iops_busy / iops_quiet),
     );
     row(
-        "  IOPS while probes attach or detach / while that process runs",
+        "  IOPS while probes attach or detach / while it runs",
         format!("{:.2}x", iops_probes / iops_busy),
     );
     let whole_median = median(&mut whole);

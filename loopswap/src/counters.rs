@@ -1440,9 +1440,12 @@ impl ModuleWatch {
                 if histogram.max_ns > age {
                     estimate.add(time_in_flight::remaining_ns(histogram, age), who);
                 }
-                // A function never seen returning says nothing about when
-                // this one leaves.
-                if entry(*func) && histogram.max_ns > 0 && estimate.inside_since_attach.is_none() {
+                // A call through the gate, inside since before attach, holds
+                // every instance's wait inside the gate until it leaves
+                // (its instance is unknown), however little is known of
+                // its function: waited for with the gate open, it holds
+                // no caller.
+                if entry(*func) && estimate.inside_since_attach.is_none() {
                     estimate.inside_since_attach = Some(who());
                 }
             }

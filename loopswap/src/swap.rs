@@ -1000,7 +1000,7 @@ fn too_long(estimate: &Estimate, options: &SwapOptions) -> Option<String> {
 
 /// The thread a swap waits for with its gate open, if any, described: one
 /// in an entry point, overdue and inside longer than `--wait-out`, or found
-/// inside one at attach, in a function seen returning since.
+/// inside one at attach.
 fn wait_out_reason(estimate: &Estimate, options: &SwapOptions) -> Option<String> {
     estimate
         .overdue

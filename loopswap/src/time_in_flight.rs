@@ -127,10 +127,10 @@ pub struct Estimate {
     /// thread out with its gate still open (`--wait-out`).
     #[serde(skip)]
     pub overdue: Option<Overdue>,
-    /// A frame found on a stack at attach, in a function seen returning
-    /// since: when it leaves is unknown, and a swap that closed its gate
-    /// now would wait for it with callers held, so it waits with the gate
-    /// open ("function: thread T inside since before attach, at least X").
+    /// A frame of an entry point found on a stack at attach: when it
+    /// leaves is unknown, and a swap that closed its gate now would wait
+    /// for it with callers held, so it waits with the gate open
+    /// ("function: thread T inside since before attach, at least X").
     #[serde(skip)]
     pub inside_since_attach: Option<String>,
 }

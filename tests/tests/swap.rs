@@ -446,3 +446,50 @@ echo "== end"
     assert!(instance["blackout_us"].as_u64().unwrap() < 1_000_000, "{report}");
     assert_eq!(section(out, "held2"), ["status=0"], "{out}");
 }
+
+#[test]
+fn a_call_inside_since_before_attach_is_waited_out_even_when_no_call_of_its_function_returns() {
+    // A read of lswloop0 sleeps 4 s inside lswloop_v1 from before the
+    // counters attach, and no other call of that function runs: nothing
+    // is known of how long its calls take, but the wait inside the gate
+    // would wait for this one anyway (its instance is unknown), so the
+    // swap of lswloop1 waits for it with the gate open. Before this was
+    // so, the gate closed at once and the blackout took the rest of the
+    // stall (1.5 s of a 3 s stall in the VM).
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 16
+add disk1 16
+set +e
+echo 4000 > /sys/module/lswloop_v1/parameters/stall_ms
+dd if=/dev/lswloop0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
+held=$!
+n=0
+until grep -q lswloop_v1_queue_rq /proc/$held/stack 2>/dev/null || [ $n -ge 250 ]; do
+    usleep 20000; n=$((n + 1))
+done
+echo 0 > /sys/module/lswloop_v1/parameters/stall_ms
+echo "== stalled"; echo "thread $held"
+echo "== swap"; loopswap swap lswloop1 --to /modules/lswloop_v2.ko --timeout 20s --json
+echo "status=$?"
+wait $held; rc=$?; echo "== held"; echo "status=$rc"
+"#
+    ));
+    let out = &outcome.output;
+    let swap = section(out, "swap");
+    let report: Value = serde_json::from_str(swap[0]).unwrap();
+    assert_eq!(swap[1], "status=0", "{report}");
+    assert_committed(&report);
+    let instance = &report["instances"][0];
+    let stalled = section(out, "stalled");
+    let waited = instance["waited_out"].as_str().unwrap_or_default();
+    assert!(
+        waited.starts_with(&format!(
+            "lswloop_v1_queue_rq: {} inside since before attach",
+            stalled[0]
+        )),
+        "{stalled:?} {report}"
+    );
+    assert!(instance["blackout_us"].as_u64().unwrap() < 1_000_000, "{report}");
+    assert_eq!(section(out, "held"), ["status=0"], "{out}");
+}

@@ -46,9 +46,9 @@ pub struct SwapArgs {
     /// Before closing the gate, wait with it open (up to --timeout) while a
     /// call of an entry point has been inside longer than this and longer
     /// than every call of its function seen returning since the counters
-    /// attached, or was found inside at attach in a function seen
-    /// returning since; a call still inside after --timeout refuses the
-    /// swap, nothing changed. 0s waits out any such call.
+    /// attached, or was found inside at attach; a call still inside after
+    /// --timeout refuses the swap, nothing changed. 0s waits out any
+    /// overdue call.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub wait_out: Duration,
 

@@ -332,9 +332,13 @@ echo 6000 > /sys/module/lswloop_v1/parameters/stall_ms
 dd if=/dev/lswloop0 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
 held=$!
 sleep 0.5
-loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 30s > /tmp/swap.txt 2>&1 &
+# --force-wait: the gate closes at once and the drain waits for the
+# stalled call (without it the swap would wait for it with the gate open).
+loopswap swap lswloop0 --to /modules/lswloop_v2.ko --timeout 30s --force-wait > /tmp/swap.txt 2>&1 &
 swap=$!
-until loopswap status | grep -q 'gated:'; do sleep 0.1; done
+n=0
+until loopswap status | grep -q 'gated:' || [ $n -ge 200 ]; do sleep 0.1; n=$((n + 1)); done
+echo "== gated"; loopswap status | grep -c 'gated:'
 sleep 0.5
 kill -INT $swap
 wait $swap; status=$?
@@ -348,6 +352,7 @@ echo "== end"
 "#
     ));
     let out = &outcome.output;
+    assert_eq!(section(out, "gated"), ["1"], "the gate closed: {out}");
     assert_eq!(section(out, "status"), ["status=1"], "{out}");
     let report = section(out, "report").join("\n");
     assert!(report.contains("interrupted by SIGINT or SIGTERM"), "{report}");

@@ -418,21 +418,9 @@ echo "== end"
     );
     assert_eq!(section(out, "held"), ["status=0"], "{out}");
 
-    let swap = section(out, "swap");
-    let report: Value = serde_json::from_str(swap[0]).unwrap();
-    assert_eq!(swap[1], "status=0", "{report}");
-    assert_committed(&report);
-    let instance = &report["instances"][0];
     // The stalled read's own thread, not a reader of lswloop1.
-    let stalled = section(out, "stalled");
-    let waited = instance["waited_out"].as_str().unwrap_or_default();
-    assert!(
-        waited.starts_with(&format!(
-            "lswloop_v1_queue_rq: {} inside since before attach",
-            stalled[0]
-        )),
-        "{stalled:?} {report}"
-    );
+    let report = committed_after_waiting_out_the_stalled_read(out);
+    let instance = &report["instances"][0];
     assert!(
         instance["phases"]
             .as_array()
@@ -476,13 +464,22 @@ wait $held; rc=$?; echo "== held"; echo "status=$rc"
 "#
     ));
     let out = &outcome.output;
+    let report = committed_after_waiting_out_the_stalled_read(out);
+    let instance = &report["instances"][0];
+    assert!(instance["blackout_us"].as_u64().unwrap() < 1_000_000, "{report}");
+    assert_eq!(section(out, "held"), ["status=0"], "{out}");
+}
+
+/// The report in section `swap` (followed by `status=0`): committed, after
+/// waiting with the gate open for the thread named in section `stalled`
+/// (`thread PID`), inside `lswloop_v1_queue_rq` since before attach.
+fn committed_after_waiting_out_the_stalled_read(out: &str) -> Value {
     let swap = section(out, "swap");
     let report: Value = serde_json::from_str(swap[0]).unwrap();
     assert_eq!(swap[1], "status=0", "{report}");
     assert_committed(&report);
-    let instance = &report["instances"][0];
     let stalled = section(out, "stalled");
-    let waited = instance["waited_out"].as_str().unwrap_or_default();
+    let waited = report["instances"][0]["waited_out"].as_str().unwrap_or_default();
     assert!(
         waited.starts_with(&format!(
             "lswloop_v1_queue_rq: {} inside since before attach",
@@ -490,6 +487,5 @@ wait $held; rc=$?; echo "== held"; echo "status=$rc"
         )),
         "{stalled:?} {report}"
     );
-    assert!(instance["blackout_us"].as_u64().unwrap() < 1_000_000, "{report}");
-    assert_eq!(section(out, "held"), ["status=0"], "{out}");
+    report
 }

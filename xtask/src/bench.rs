@@ -349,10 +349,6 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     let mut held = Vec::new();
     let mut whole = Vec::new();
     let mut process = Vec::new();
-    let mut windows_ms = Vec::new();
-    // Before each gate closes (attach, seed, estimate) and after it opens
-    // (detach): when the probes come and go.
-    let mut probe_windows_ms = Vec::new();
     // Each swap's start, gate closing, gate opening and process end.
     let mut swap_spans_ms: Vec<(f64, f64, f64, f64)> = Vec::new();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -368,14 +364,11 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             .as_f64()
             .context("gate_closed_unix_us")?
             / 1000.0;
-        windows_ms.push((closed_ms, closed_ms + blackout / 1000.0));
         let started_ms = report["started_unix_us"].as_f64().context("started_unix_us")? / 1000.0;
         // The process's end, detach included (timed from just before it
         // started, so a little late: the window errs wide).
         let ended_ms = started_ms + (report["micros"].as_f64().context("micros")? / 1000.0).max(process_ms);
         swap_spans_ms.push((started_ms, closed_ms, closed_ms + blackout / 1000.0, ended_ms));
-        probe_windows_ms.push((started_ms, closed_ms));
-        probe_windows_ms.push((closed_ms + blackout / 1000.0, ended_ms));
         for phase in instance["phases"].as_array().context("phases")? {
             let name = phase["phase"].as_str().unwrap_or("?").to_owned();
             phases
@@ -384,6 +377,16 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
                 .push(phase["micros"].as_f64().unwrap_or(0.0));
         }
     }
+    // The gate windows; and before each gate closes (attach, seed,
+    // estimate) and after it opens (detach): when the probes come and go.
+    let windows_ms: Vec<(f64, f64)> = swap_spans_ms
+        .iter()
+        .map(|&(_, closed, opened, _)| (closed, opened))
+        .collect();
+    let probe_windows_ms: Vec<(f64, f64)> = swap_spans_ms
+        .iter()
+        .flat_map(|&(started, closed, opened, ended)| [(started, closed), (opened, ended)])
+        .collect();
     // While one CPU-bound process ran, after the swaps (`BUSY` lines: its
     // start and end in µs since the epoch): the control for what any busy
     // process costs the workload in this VM.
@@ -429,29 +432,24 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         .collect();
     // The same-length windows inside those of the CPU-bound process,
     // clear of its start and end.
+    let rounds = windows_ms.len().div_ceil(busy_windows_ms.len()) as f64;
     let mut busy_worst: Vec<f64> = windows_ms
         .iter()
         .enumerate()
         .map(|(i, (from, to))| {
             let (busy_from, busy_to) = busy_windows_ms[i % busy_windows_ms.len()];
-            let rounds = windows_ms.len().div_ceil(busy_windows_ms.len()) as f64;
             let span = (busy_to - busy_from - 200.0 - (to - from)).max(0.0);
             let start = busy_from + 100.0 + span * ((i / busy_windows_ms.len()) as f64 / rounds);
             worst_in(start, start + (to - from))
         })
         .collect();
-    let worst_with: f64 = latency
-        .iter()
-        .filter(|(ms, _)| during_swaps(*ms as f64))
-        .map(|(_, us)| *us)
-        .fold(0.0, f64::max);
-    // Where the worst I/O with swaps completed (a log entry covers the 10 ms
-    // before its time).
-    let worst_at = latency
+    // The worst I/O with swaps, and where it completed (a log entry covers
+    // the 10 ms before its time).
+    let (worst_at, worst_with) = latency
         .iter()
         .filter(|(ms, _)| during_swaps(*ms as f64))
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or(0.0, |(ms, _)| *ms as f64);
+        .map_or((0.0, 0.0), |(ms, us)| (*ms as f64, *us));
     let in_span = |from: f64, to: f64| worst_at >= from && worst_at <= to + 10.0;
     let worst_where = swap_spans_ms
         .iter()

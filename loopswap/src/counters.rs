@@ -231,7 +231,7 @@ const NARROW_READ_ATTEMPTS: usize = 3;
 
 /// Tasks found with a frame of the module, and tasks whose stacks could
 /// not be unwound.
-type TasksToCheck = (Vec<TaskId>, Vec<TaskId>);
+pub type TasksToCheck = (Vec<TaskId>, Vec<TaskId>);
 
 const PROGRAMS: [&str; 2] = ["lsw_enter", "lsw_exit"];
 
@@ -625,19 +625,26 @@ impl ModuleWatch {
     /// cannot be read now: from the task iterator, or from every `/proc`
     /// stack where the iterator is not available.
     fn tasks_to_check(&mut self) -> Result<TasksToCheck, Error> {
-        let narrow = self.narrow_tasks()?;
-        self.last_stack_check = Some(StackCheck {
-            scope: if narrow.is_some() { "switched" } else { "all" },
-            tasks_read: 0,
-        });
-        if let Some(tasks) = narrow {
-            return Ok(tasks);
+        let (tasks, scope) = self.tasks_maybe_inside()?;
+        self.last_stack_check = Some(StackCheck { scope, tasks_read: 0 });
+        Ok(tasks)
+    }
+
+    /// The tasks that may hold a frame of the module, as the stack check
+    /// finds them (see `tasks_to_check`), and the check's scope: during a
+    /// swap only the tasks the switch program noted, however many tasks
+    /// the system has.
+    pub fn tasks_maybe_inside(&mut self) -> Result<(TasksToCheck, &'static str), Error> {
+        if let Some(tasks) = self.narrow_tasks()? {
+            return Ok((tasks, "switched"));
         }
-        if self.task_scan.is_some() {
-            return self.scan_tasks();
-        }
-        let (inside, unknown) = stacks::scan_module(&self.module)?;
-        Ok((inside.into_keys().collect(), unknown))
+        let tasks = if self.task_scan.is_some() {
+            self.scan_tasks()?
+        } else {
+            let (inside, unknown) = stacks::scan_module(&self.module)?;
+            (inside.into_keys().collect(), unknown)
+        };
+        Ok((tasks, "all"))
     }
 
     /// Before a swap closes its gate: from now on the switch program notes

@@ -119,10 +119,15 @@ pub fn scan_module(module: &str) -> Result<ModuleTasks, procfs::ProcError> {
     Ok((found, unknown))
 }
 
-/// Every task whose stack holds a frame of `module`, with those frames
-/// (for reports; unknown stacks are left out).
-pub fn tasks_in_module(module: &str) -> Result<BTreeMap<TaskId, Vec<Frame>>, procfs::ProcError> {
-    Ok(scan_module(module)?.0)
+/// A task's kernel stack as `/proc` prints it, one line per frame, if it
+/// shows a frame of `module` (for reports: a stack that cannot be read now
+/// shows none).
+pub fn text_if_inside(pid: i32, tid: i32, module: &str) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).ok()?;
+    text.lines()
+        .filter_map(parse_frame)
+        .any(|frame| frame.module.as_deref() == Some(module))
+        .then(|| text.lines().map(str::to_owned).collect())
 }
 
 #[cfg(test)]

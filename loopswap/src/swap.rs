@@ -28,7 +28,7 @@ use crate::{
     kallsyms::Scope,
     kmod, module,
     snapshot::FunctionCount,
-    stacks,
+    stacks::{self, TaskId},
     time_in_flight::Estimate,
 };
 
@@ -875,6 +875,10 @@ async fn swap_one(
     phases.gated = true;
     phases.record(&mut report, "gate", at);
     let deadline = Instant::now() + options.timeout;
+    // Set once the wait proved quiescence: a failure after it (the transfer
+    // or the commit refused) was held up by no thread, so the gate reopens
+    // without looking for one.
+    let mut quiescent = false;
 
     let outcome: Result<(), String> = async {
         let at = Instant::now();
@@ -929,6 +933,7 @@ async fn swap_one(
         }
         phases.record(&mut report, "wait+confirm", at);
         report.stack_check = watch.last_stack_check();
+        quiescent = true;
 
         let at = Instant::now();
         control
@@ -950,10 +955,15 @@ async fn swap_one(
                     phases.gate_open();
                     phases.record(&mut report, "commit", at);
                 }
-                Err(err) => abort(control, &mut report, err.to_string(), watch, from_module),
+                Err(err) => abort(control, &mut report, err.to_string()),
             }
         }
-        Err(reason) => abort(control, &mut report, reason, watch, from_module),
+        Err(reason) => {
+            if !quiescent {
+                who_held_it_up(&mut report, watch, from_module);
+            }
+            abort(control, &mut report, reason);
+        }
     }
     phases.gate_open();
     if let Err(err) = watch.end_stack_check() {
@@ -1096,18 +1106,17 @@ fn interrupted() -> String {
     "interrupted by SIGINT or SIGTERM".into()
 }
 
-fn abort(
-    control: &mut Control,
-    report: &mut InstanceReport,
-    reason: String,
-    watch: &mut ModuleWatch,
-    module: &str,
-) {
-    // Who held quiescence up, read before the gate reopens. With frames
-    // counted and no listing made yet, this verifies the listing iterator
-    // while the gate is closed (a millisecond or two, tens under
-    // emulation): only in an abort, which mostly follows a wait that
-    // lasted --timeout.
+/// Who held quiescence up, read before the gate reopens (after it, new
+/// calls would blur the picture): the functions with frames in flight, and
+/// the threads whose kernel stacks show a frame of the module. Stacks are
+/// read from `/proc` only for the tasks the stack check finds inside or
+/// cannot unwind (during a swap, those the switch program noted), so
+/// callers wait no longer at the gate on a system of many tasks. With
+/// frames counted and no listing made yet, the snapshot verifies the
+/// listing iterator while the gate is closed (a millisecond or two, tens
+/// under emulation): only after a wait that failed, which mostly lasted
+/// --timeout.
+fn who_held_it_up(report: &mut InstanceReport, watch: &mut ModuleWatch, module: &str) {
     if let Ok(snapshot) = watch.snapshot() {
         report.busy_functions = snapshot
             .functions
@@ -1115,23 +1124,25 @@ fn abort(
             .filter(|function| function.inflight > 0)
             .collect();
     }
-    if let Ok(tasks) = stacks::tasks_in_module(module) {
-        report.holders = tasks
-            .into_keys()
-            .map(|(pid, tid)| Holder {
+    let Ok(((inside, unreadable), _)) = watch.tasks_maybe_inside() else {
+        return;
+    };
+    let tasks: BTreeSet<TaskId> = inside.into_iter().chain(unreadable).collect();
+    report.holders = tasks
+        .into_iter()
+        .filter_map(|(pid, tid)| {
+            let stack = stacks::text_if_inside(pid, tid, module)?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            Some(Holder {
                 tid,
-                comm: std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-                stack: std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack"))
-                    .unwrap_or_default()
-                    .lines()
-                    .map(str::to_owned)
-                    .collect(),
+                comm: comm.trim().to_owned(),
+                stack,
             })
-            .collect();
-    }
+        })
+        .collect();
+}
+
+fn abort(control: &mut Control, report: &mut InstanceReport, reason: String) {
     match control.command(&format!("abort {}", report.id)) {
         Ok(reply) => {
             report.blackout_us = control::reply_value(&reply, "blackout_us");

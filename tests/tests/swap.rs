@@ -278,6 +278,69 @@ echo "== end"
 }
 
 #[test]
+fn a_transfer_refused_after_quiescence_blames_no_thread_and_resumes_the_old_implementation() {
+    // lswloop_v2 refuses the state (its `fail_import` knob). While the
+    // swap of lswloop0 pauses after attaching, a read of lswloop1 enters
+    // lswloop_v1 and stalls there: a frame serving another instance,
+    // which the swap of lswloop0 does not wait for. Once quiescence of
+    // lswloop0 is proven, nothing held the swap up, so its abort names no
+    // function in flight and no thread (it used to list that read, after
+    // reading every task's stack with the gate closed).
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+add disk1 64
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null
+dd if=/tmp/pattern of=/dev/lswloop0 bs=1M oflag=direct 2>/dev/null
+insmod /modules/lswloop_v2.ko
+echo 1 > /sys/module/lswloop_v2/parameters/fail_import
+set +e
+loopswap swap lswloop0 --to lswloop_v2 --json --test-pause-after attach:2s > /tmp/out 2> /tmp/err &
+swap=$!
+until grep -q 'pausing after attach' /tmp/err; do usleep 50000; done
+echo 6000 > /sys/module/lswloop_v1/parameters/stall_ms
+dd if=/dev/lswloop1 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
+held=$!
+usleep 300000
+echo 0 > /sys/module/lswloop_v1/parameters/stall_ms
+wait $swap; status=$?
+echo "== status"; echo "status=$status"
+echo "== report"; cat /tmp/out
+echo "== stderr"; grep -v pausing /tmp/err
+echo "== after"; loopswap status --json
+echo "== readback"; dd if=/dev/lswloop0 bs=1M count=4 iflag=direct 2>/dev/null | cmp - /tmp/pattern && echo same
+echo "== held"; if wait $held; then echo ok; else echo failed; fi
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    assert_eq!(section(out, "status"), ["status=1"], "{out}");
+    let report = json_in(out, "report");
+    let instance = &report["instances"][0];
+    assert_eq!(instance["gated"], true, "{report}");
+    assert_eq!(instance["committed"], false, "{report}");
+    let error = instance["error"].as_str().unwrap();
+    assert!(error.contains("could not import state"), "{error}");
+    assert!(
+        instance["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|phase| phase["phase"] == "wait+confirm"),
+        "quiescence was proven before the transfer: {report}"
+    );
+    assert_eq!(instance["busy_functions"], serde_json::json!([]), "{report}");
+    assert_eq!(instance["holders"], serde_json::json!([]), "{report}");
+    let stderr = section(out, "stderr").join("\n");
+    assert!(stderr.contains("aborted, lswloop_v1 resumed"), "{stderr}");
+    let after = json_in(out, "after");
+    assert_eq!(after["instances"][0]["implementation"], "lswloop_v1");
+    assert_eq!(after["instances"][0]["gate"], "open");
+    assert_eq!(section(out, "readback"), ["same"]);
+    assert_eq!(section(out, "held"), ["ok"]);
+}
+
+#[test]
 fn a_swap_estimated_to_outlast_its_timeout_is_refused_before_the_gate_closes() {
     // The swap pauses 4 s after attaching its counters; meanwhile a read
     // enters lswloop_v1 and stalls there for 8 s. Before the gate closes

@@ -209,6 +209,15 @@ for extra in 0 250 2000; do
         t1=$(now)
         echo "SCALE $extra,$((t1 - t0)) $report"
     done
+    # Swaps aborted after quiescence: the next implementation refuses the
+    # state (its fail_import knob), and the gate reopens on the old one.
+    if [ $v = 1 ]; then next=2; else next=1; fi
+    for i in 1 2 3; do
+        echo 1 > /sys/module/lswloop_v$next/parameters/fail_import
+        report=$(loopswap swap $dev --to lswloop_v$next --keep-old --json) || true
+        echo 0 > /sys/module/lswloop_v$next/parameters/fail_import
+        echo "ABORTED $extra $report"
+    done
 done
 "#,
         setup = vm::LSWLOOP_SETUP,
@@ -244,6 +253,18 @@ fn fio_log(output: &str, prefix: &str) -> anyhow::Result<Vec<(u64, f64)>> {
 
 /// The committed swap reports of the lines starting with `prefix`.
 fn reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str, serde_json::Value)>> {
+    let found = any_reports(output, prefix)?;
+    if let Some((_, report)) = found
+        .iter()
+        .find(|(_, report)| report["instances"][0]["committed"] != true)
+    {
+        bail!("a swap did not commit: {report}");
+    }
+    Ok(found)
+}
+
+/// The swap reports of the lines starting with `prefix`, committed or not.
+fn any_reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str, serde_json::Value)>> {
     let mut found = Vec::new();
     for line in output.lines() {
         let Some(rest) = line.strip_prefix(prefix) else {
@@ -255,9 +276,6 @@ fn reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str, se
         };
         let report: serde_json::Value =
             serde_json::from_str(json).with_context(|| format!("a swap report in {line:.300}"))?;
-        if report["instances"][0]["committed"] != true {
-            bail!("a swap did not commit: {report}");
-        }
         found.push((tag, report));
     }
     Ok(found)
@@ -521,6 +539,19 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         );
     }
 
+    let mut aborted_scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for (extra, report) in any_reports(output, "ABORTED ")? {
+        let instance = &report["instances"][0];
+        let error = instance["error"].as_str().unwrap_or_default();
+        if instance["committed"] != false || !error.contains("could not import state") {
+            bail!("a swap meant to be refused at its transfer was not: {report}");
+        }
+        aborted_scaling
+            .entry(extra.parse().context("extra threads")?)
+            .or_default()
+            .push(instance["blackout_us"].as_f64().context("blackout_us")?);
+    }
+
     let blackout_median = median(&mut blackouts);
     let blackout_p99 = percentile(&mut blackouts, 0.99);
     let blackout_max = blackouts.iter().copied().fold(0.0, f64::max);
@@ -649,15 +680,29 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         println!("{name:<14} {value:>12.3}");
         phase_medians.insert(name, value);
     }
-    println!("\nidle swaps, blackout median against extra idle threads (6 swaps each)");
-    println!("{:<14} {:>12} {:>10}", "extra threads", "median us", "vs 0");
-    let mut scale_medians = BTreeMap::new();
-    for (extra, values) in &mut scaling {
-        scale_medians.insert(*extra, median(values));
-    }
+    println!(
+        "\nidle swaps, blackout median against extra idle threads (6 committed, 3 aborted at the transfer each)"
+    );
+    println!(
+        "{:<14} {:>12} {:>10} {:>12} {:>10}",
+        "extra threads", "median us", "vs 0", "aborted us", "vs 0"
+    );
+    let medians = |scaling: &mut BTreeMap<u32, Vec<f64>>| -> BTreeMap<u32, f64> {
+        scaling
+            .iter_mut()
+            .map(|(extra, values)| (*extra, median(values)))
+            .collect()
+    };
+    let scale_medians = medians(&mut scaling);
+    let aborted_medians = medians(&mut aborted_scaling);
     let base = scale_medians.get(&0).copied().unwrap_or(f64::NAN);
     for (extra, value) in &scale_medians {
-        println!("{extra:<14} {value:>12.0} {:>9.2}x", value / base);
+        let aborted = aborted_medians.get(extra).copied().unwrap_or(f64::NAN);
+        println!(
+            "{extra:<14} {value:>12.0} {:>9.2}x {aborted:>12.0} {:>9.2}x",
+            value / base,
+            aborted / base
+        );
     }
 
     let samples: Vec<(f64, f64)> = latency
@@ -716,6 +761,7 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         "naive_reload_ms": reload_ms,
         "phase_median_ms": phase_medians,
         "idle_blackout_median_us_by_extra_threads": scale_medians,
+        "idle_aborted_at_transfer_blackout_median_us_by_extra_threads": aborted_medians,
     });
     let path = folder.join("swap.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;

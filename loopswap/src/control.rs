@@ -168,6 +168,7 @@ impl Control {
             Ok(written) => Err(Error::Core {
                 command: line.to_owned(),
                 reason: format!("short write ({written} of {} bytes)", line.len()),
+                errno: None,
             }),
             Err(cause) => {
                 let reply = self.read_reply();
@@ -178,6 +179,7 @@ impl Control {
                     } else {
                         reply
                     },
+                    errno: cause.raw_os_error(),
                 })
             }
         }
@@ -191,6 +193,7 @@ impl Control {
             return Err(Error::Core {
                 command: "list".into(),
                 reason: "the reply is incomplete (no `end` line)".into(),
+                errno: None,
             });
         }
         Ok(parse_list(&reply))

@@ -58,8 +58,13 @@ pub enum Error {
         crate::control::CONTROL_PATH
     )]
     NoCore,
+    /// `errno`: the error the core's write returned, if it refused so.
     #[error("the swap core refused `{command}`: {reason}")]
-    Core { command: String, reason: String },
+    Core {
+        command: String,
+        reason: String,
+        errno: Option<i32>,
+    },
     #[error("{}: {why}", path.display())]
     BadModuleFile { path: PathBuf, why: String },
     #[error("{}: the kernel did not load it: {cause} (its init failed or the kernel refused it; dmesg says why)", path.display())]

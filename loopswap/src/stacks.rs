@@ -120,14 +120,21 @@ pub fn scan_module(module: &str) -> Result<ModuleTasks, procfs::ProcError> {
 }
 
 /// A task's kernel stack as `/proc` prints it, one line per frame, if it
-/// shows a frame of `module` (for reports: a stack that cannot be read now
-/// shows none).
+/// shows a frame of `module` (for reports). An empty stack (the task on a
+/// CPU) is read again, as [`read`] does; one never read shows none.
 pub fn text_if_inside(pid: i32, tid: i32, module: &str) -> Option<Vec<String>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).ok()?;
-    text.lines()
-        .filter_map(parse_frame)
-        .any(|frame| frame.module.as_deref() == Some(module))
-        .then(|| text.lines().map(str::to_owned).collect())
+    for _ in 0..UNKNOWN_RETRIES {
+        let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).ok()?;
+        let mut frames = text.lines().filter_map(parse_frame).peekable();
+        if frames.peek().is_none() {
+            std::thread::yield_now();
+            continue;
+        }
+        return frames
+            .any(|frame| frame.module.as_deref() == Some(module))
+            .then(|| text.lines().map(str::to_owned).collect());
+    }
+    None
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use nix::errno::Errno;
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
@@ -875,9 +876,9 @@ async fn swap_one(
     phases.gated = true;
     phases.record(&mut report, "gate", at);
     let deadline = Instant::now() + options.timeout;
-    // Set once the wait proved quiescence: a failure after it (the transfer
-    // or the commit refused) was held up by no thread, so the gate reopens
-    // without looking for one.
+    // Set once the wait proved quiescence: a failure after it (NEW refused
+    // the state, or the commit failed) was held up by no thread, so the
+    // gate reopens without looking for one.
     let mut quiescent = false;
 
     let outcome: Result<(), String> = async {
@@ -936,9 +937,15 @@ async fn swap_one(
         quiescent = true;
 
         let at = Instant::now();
-        control
-            .command(&format!("transfer {id}"))
-            .map_err(|err| err.to_string())?;
+        control.command(&format!("transfer {id}")).map_err(|err| {
+            // The core's tripwire: a thread is still inside the old state,
+            // so the proof was wrong (a path into the state no probe saw),
+            // and who is inside is what the report must say.
+            if matches!(err, Error::Core { errno: Some(errno), .. } if errno == Errno::EBUSY as i32) {
+                quiescent = false;
+            }
+            err.to_string()
+        })?;
         phases.record(&mut report, "transfer", at);
         Ok(())
     }
@@ -1124,8 +1131,13 @@ fn who_held_it_up(report: &mut InstanceReport, watch: &mut ModuleWatch, module: 
             .filter(|function| function.inflight > 0)
             .collect();
     }
-    let Ok(((inside, unreadable), _)) = watch.tasks_maybe_inside() else {
-        return;
+    // If the stack check itself failed, every task's stack instead.
+    let (inside, unreadable) = match watch.tasks_maybe_inside() {
+        Ok((tasks, _)) => tasks,
+        Err(_) => match stacks::scan_module(module) {
+            Ok((inside, unknown)) => (inside.into_keys().collect(), unknown),
+            Err(_) => return,
+        },
     };
     let tasks: BTreeSet<TaskId> = inside.into_iter().chain(unreadable).collect();
     report.holders = tasks

@@ -298,12 +298,15 @@ set +e
 loopswap swap lswloop0 --to lswloop_v2 --json --test-pause-after attach:2s > /tmp/out 2> /tmp/err &
 swap=$!
 until grep -q 'pausing after attach' /tmp/err; do usleep 50000; done
-echo 6000 > /sys/module/lswloop_v1/parameters/stall_ms
+echo 10000 > /sys/module/lswloop_v1/parameters/stall_ms
 dd if=/dev/lswloop1 of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
 held=$!
-usleep 300000
+# The read takes the stall when it enters: once it is inside, the knob
+# goes back to 0 for every later request.
+for i in $(seq 200); do grep -q lswloop_v1 /proc/$held/stack 2>/dev/null && break; usleep 20000; done
 echo 0 > /sys/module/lswloop_v1/parameters/stall_ms
 wait $swap; status=$?
+echo "== inside"; grep -q lswloop_v1_queue_rq /proc/$held/stack && echo "still inside"
 echo "== status"; echo "status=$status"
 echo "== report"; cat /tmp/out
 echo "== stderr"; grep -v pausing /tmp/err
@@ -314,6 +317,11 @@ echo "== end"
 "#
     ));
     let out = &outcome.output;
+    assert_eq!(
+        section(out, "inside"),
+        ["still inside"],
+        "the read of lswloop1 was inside throughout the swap: {out}"
+    );
     assert_eq!(section(out, "status"), ["status=1"], "{out}");
     let report = json_in(out, "report");
     let instance = &report["instances"][0];

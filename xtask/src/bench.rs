@@ -696,12 +696,13 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     let scale_medians = medians(&mut scaling);
     let aborted_medians = medians(&mut aborted_scaling);
     let base = scale_medians.get(&0).copied().unwrap_or(f64::NAN);
+    let aborted_base = aborted_medians.get(&0).copied().unwrap_or(f64::NAN);
     for (extra, value) in &scale_medians {
         let aborted = aborted_medians.get(extra).copied().unwrap_or(f64::NAN);
         println!(
             "{extra:<14} {value:>12.0} {:>9.2}x {aborted:>12.0} {:>9.2}x",
             value / base,
-            aborted / base
+            aborted / aborted_base
         );
     }
 

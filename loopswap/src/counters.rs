@@ -111,6 +111,13 @@ pub struct ModuleWatch {
     /// CLOCK_MONOTONIC when every probe was armed: a thread found on its
     /// stack (seeded) entered before, so it has been inside since at least.
     armed_ns: u64,
+    /// CLOCK_MONOTONIC at the latest stack seed after skipped runs were
+    /// absorbed (`absorb_skipped_runs`), if any: frames it seeded entered
+    /// before then.
+    reseeded_ns: Option<u64>,
+    /// Missed events absorbed so far, all kinds and the skipped runs of the
+    /// counting program among them: `missed` counts from there.
+    absorbed_misses: (u64, u64),
     tracefs: PathBuf,
     /// Frames per function of threads that were inside before attach and
     /// have not left yet.
@@ -228,6 +235,10 @@ const BPF_NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
 /// Reads of the switch program's map before the narrow check gives up for
 /// a full scan (each read again because tasks were added meanwhile).
 const NARROW_READ_ATTEMPTS: usize = 3;
+
+/// `membarrier(2)`'s command that waits for an RCU grace period
+/// (`MEMBARRIER_CMD_GLOBAL` in `linux/membarrier.h`).
+const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
 
 /// Tasks found with a frame of the module, and tasks whose stacks could
 /// not be unwound.
@@ -413,6 +424,8 @@ impl ModuleWatch {
             time_by_function: PerCpuArray::try_from(ebpf.take_map("TIME_BY_FUNCTION")?)?,
             time_by_instance: PerCpuHashMap::try_from(ebpf.take_map("TIME_BY_INSTANCE")?)?,
             armed_ns: 0,
+            reseeded_ns: None,
+            absorbed_misses: (0, 0),
             counter_config,
             user_ticks: BpfHashMap::try_from(ebpf.take_map("USER_TICKS")?)?,
             representative: Vec::new(),
@@ -1431,15 +1444,20 @@ impl ModuleWatch {
         // Seeded frames entered before the probes were armed, when is
         // unknown: only calls of their function that outlived the time
         // since then say something; never "as long again", which would
-        // measure the attach, not the thread.
-        let age = now.saturating_sub(self.armed_ns);
+        // measure the attach, not the thread. After a rescan (skipped runs
+        // absorbed) a seeded frame is known to be only as old as that.
+        let (since, seeded_ns) = match self.reseeded_ns {
+            Some(ns) => ("since before a rescan", ns),
+            None => ("since before attach", self.armed_ns),
+        };
+        let age = now.saturating_sub(seeded_ns);
         for ((_, tid), counts) in &self.seeded {
             for func in counts.keys() {
                 estimate.unknown = true;
                 let histogram = histogram(*func);
                 let who = || {
                     format!(
-                        "{}: thread {tid} inside since before attach, at least {}",
+                        "{}: thread {tid} inside {since}, at least {}",
                         name(*func),
                         time_in_flight::format_ns(age)
                     )
@@ -1491,7 +1509,7 @@ impl ModuleWatch {
     /// Every event that could make a count wrong: kprobe misses (including
     /// kretprobe returns past `maxactive`), programs skipped because another
     /// BPF program was running on the CPU, and map-full / unknown-address
-    /// events of our own.
+    /// events of our own; since the last `absorb_skipped_runs`.
     pub fn missed(&self) -> Result<u64, Error> {
         let mut probe_misses = 0;
         let mut recursion = 0;
@@ -1506,10 +1524,61 @@ impl ModuleWatch {
         for link in &self.links {
             recursion += link.missed()?;
         }
-        Ok(probe_misses
+        let total = probe_misses
             + recursion
             + Self::sum_per_cpu(&self.events, event::FRAMES_NOT_RECORDED)?
-            + Self::sum_per_cpu(&self.events, event::UNKNOWN_ADDRESS)?)
+            + Self::sum_per_cpu(&self.events, event::UNKNOWN_ADDRESS)?;
+        Ok(total.saturating_sub(self.absorbed_misses.0))
+    }
+
+    /// Makes the counting program's skipped runs since the last call
+    /// harmless instead of fatal, counts misses from now on, and says how
+    /// many it absorbed; `None` (nothing changed) when the misses include
+    /// any other kind, or the probes are not one kprobe.session link: then
+    /// only fresh counters can be trusted.
+    ///
+    /// The kernel skips a run while this CPU is inside a kprobe-type BPF
+    /// program or a BPF map syscall (`bpf_prog_active`). Nothing calls into
+    /// the module from inside those sections except an interrupt on top of
+    /// them, or a task that preempts a preempted syscall (full preemption).
+    /// A skipped entry skips its return too (the kernel returns 1 for it),
+    /// so the counts hold nothing of such a call: it is unseen, never
+    /// half-seen. So, as at attach: a grace period (`membarrier`'s
+    /// global command waits for one) ends every interrupt that was running
+    /// then, and a stack scan of every task seeds the frames that the
+    /// counters do not hold, leaving tasks on a CPU unresolved until their
+    /// stacks are read. Runs skipped from here on are misses again.
+    pub fn absorb_skipped_runs(&mut self) -> Result<Option<u64>, Error> {
+        let [link] = self.links.as_slice() else {
+            return Ok(None);
+        };
+        if !self.probes.is_empty() {
+            return Ok(None);
+        }
+        let (_, skipped) = link.missed_by_kind()?;
+        let (absorbed_total, absorbed_skipped) = self.absorbed_misses;
+        let total = self.missed()? + absorbed_total;
+        let new_skips = skipped.saturating_sub(absorbed_skipped);
+        if total - absorbed_total != new_skips {
+            return Ok(None);
+        }
+        // SAFETY: a syscall without pointers.
+        if unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) } != 0 {
+            // nohz_full CPUs refuse the global command.
+            return Ok(None);
+        }
+        self.end_stack_check()?;
+        self.reseeded_ns = Some(time_in_flight::monotonic_ns());
+        self.seed()?;
+        if (!self.seeded.is_empty() || !self.unresolved.is_empty())
+            && self.tick.is_none()
+            && self.tick_refused.is_none()
+            && let Err(why) = self.attach_tick()
+        {
+            self.tick_refused = Some(why.to_string());
+        }
+        self.absorbed_misses = (total, skipped);
+        Ok(Some(new_skips))
     }
 
     /// What the missed events were, for the report of a swap they stopped.
@@ -1522,6 +1591,8 @@ impl ModuleWatch {
         };
         for (link, direction) in self.links.iter().zip(directions) {
             if let Ok((hooks, programs)) = link.missed_by_kind() {
+                // Absorbed skips are counted only with one link.
+                let programs = programs.saturating_sub(self.absorbed_misses.1);
                 if hooks > 0 {
                     parts.push(format!("{hooks} {direction} hooks fprobe could not follow"));
                 }

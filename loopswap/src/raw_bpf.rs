@@ -664,6 +664,47 @@ fn task_storage_element(
     }
 }
 
+/// Tests only: a one-element array map whose element is rewritten whole by
+/// each [`BusyMap::rewrite`], a BPF map syscall that holds the CPU's
+/// `bpf_prog_active` while the kernel copies the value in, so that the
+/// kernel skips kprobe-type BPF programs that fire on that CPU meanwhile
+/// (in an interrupt).
+#[derive(Debug)]
+pub struct BusyMap {
+    map: OwnedFd,
+    value: Vec<u8>,
+}
+
+impl BusyMap {
+    pub fn new(value_size: u32) -> Result<Self, Error> {
+        // SAFETY: plain old data; zero is valid for every field.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the map-creation member of a zeroed union.
+        let create = unsafe { &mut attr.__bindgen_anon_1 };
+        create.map_type = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+        create.key_size = 4;
+        create.value_size = value_size;
+        create.max_entries = 1;
+        let map = bpf_new_fd(bpf_cmd::BPF_MAP_CREATE, &mut attr, "a busy map")?;
+        Ok(Self {
+            map,
+            value: vec![0x5a; value_size as usize],
+        })
+    }
+
+    pub fn rewrite(&self) -> Result<(), Error> {
+        let key: u32 = 0;
+        // SAFETY: plain old data; zero is valid for every field.
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: writing the element member of a zeroed union.
+        let element = unsafe { &mut attr.__bindgen_anon_2 };
+        element.map_fd = self.map.as_raw_fd() as u32;
+        element.key = std::ptr::from_ref(&key) as u64;
+        element.__bindgen_anon_1.value = self.value.as_ptr() as u64;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr, "a busy map's element").map(drop)
+    }
+}
+
 /// How to load a program.
 #[derive(Clone, Copy, Debug)]
 pub enum LoadAs {

@@ -128,6 +128,12 @@ pub struct InstanceReport {
     /// The thread the swap first waited for with the gate open
     /// (`--wait-out`), if it waited.
     pub waited_out: Option<String>,
+    /// Attempts at this instance: more than one after probe misses.
+    pub attempts: u32,
+    /// Runs of the counting program the kernel skipped in earlier
+    /// attempts, made harmless without a new attach (a grace period and a
+    /// stack scan) rather than by fresh counters.
+    pub skipped_runs_absorbed: u64,
     /// Aborted because probe events were missed (retried).
     #[serde(skip)]
     pub unprovable: bool,
@@ -193,6 +199,13 @@ impl SwapReport {
                     out,
                     "  blackout (gate closed -> open): {blackout} us, {} calls held at the gate",
                     instance.held_calls.unwrap_or(0)
+                );
+            }
+            if instance.attempts > 1 {
+                let _ = writeln!(
+                    out,
+                    "  attempts: {} (after probe misses; {} skipped runs absorbed without a new attach)",
+                    instance.attempts, instance.skipped_runs_absorbed
                 );
             }
             if let Some(error) = &instance.error {
@@ -459,16 +472,31 @@ pub async fn run(options: &SwapOptions, progress: Progress<'_>) -> Result<(SwapR
                 waited_out_for: Duration::ZERO,
             };
             // A probe miss makes quiescence unprovable, not false: the swap was
-            // aborted safely, and a fresh attach starts with clean counters.
+            // aborted safely. Runs the kernel skipped are absorbed (a grace
+            // period and a stack scan, as at attach) and the same probes go
+            // on; any other miss needs a fresh attach, with clean counters.
             let mut attempts = 0;
+            let mut absorbed = 0;
             let mut report = loop {
                 attempts += 1;
-                let report = swap_one(&mut control, &mut instance_move, options, counters, progress).await?;
+                let mut report =
+                    swap_one(&mut control, &mut instance_move, options, counters, progress).await?;
+                report.attempts = attempts;
+                report.skipped_runs_absorbed = absorbed;
                 if report.committed || !report.unprovable || cancelled() || attempts == MISS_ATTEMPTS {
                     break report;
                 }
-                progress(&format!("{}: retrying with fresh counters", instance.name));
-                *counters = Counters::default();
+                if let Some(skipped) = counters.absorb_skipped_runs() {
+                    absorbed += skipped;
+                    progress(&format!(
+                        "{}: retrying with the same probes (the runs the kernel skipped were absorbed: \
+                         a grace period, then every task's stack scanned)",
+                        instance.name
+                    ));
+                } else {
+                    progress(&format!("{}: retrying with fresh counters", instance.name));
+                    *counters = Counters::default();
+                }
             };
             if report.unprovable {
                 *counters = Counters::default();
@@ -582,6 +610,14 @@ type LeftEvents = AsyncFd<RingBuf<MapData>>;
 
 impl Counters {
     /// Attaches on first use. A refusal (a function no probe can see) is
+    /// Absorbs the runs the kernel skipped since the last attempt
+    /// (`ModuleWatch::absorb_skipped_runs`), and says how many; `None` when
+    /// only fresh counters will do.
+    fn absorb_skipped_runs(&mut self) -> Option<u64> {
+        let (watch, _) = self.attached.as_mut()?;
+        watch.absorb_skipped_runs().ok().flatten()
+    }
+
     /// `Ok(Err(why))`: it refuses every instance of the module alike.
     fn get_or_attach(
         &mut self,
@@ -725,6 +761,8 @@ async fn swap_one(
         busy_functions: Vec::new(),
         holders: Vec::new(),
         waited_out: None,
+        attempts: 1,
+        skipped_runs_absorbed: 0,
         unprovable: false,
     };
     let mut phases = Phases {

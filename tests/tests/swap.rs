@@ -278,6 +278,62 @@ echo "== end"
 }
 
 #[test]
+fn runs_the_kernel_skipped_are_absorbed_without_a_new_attach() {
+    // lswloop_v2's sampler timer calls into the module every 100 ms. While
+    // the swap pauses after attaching, `loopswap test-busy-bpf` keeps every
+    // CPU in BPF map syscalls, during which the kernel skips the counting
+    // program when the timer fires on top of one: probe misses, as under
+    // load. The first attempt is refused for them; the next absorbs them
+    // (a grace period and a stack scan) with the same probes, and commits.
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null
+dd if=/tmp/pattern of=/dev/lswloop0 bs=1M oflag=direct 2>/dev/null
+insmod /modules/lswloop_v2.ko
+loopswap swap lswloop0 --to lswloop_v2 --keep-old > /dev/null
+set +e
+loopswap swap lswloop0 --to lswloop_v1 --keep-old --json --test-pause-after attach:3s > /tmp/out 2> /tmp/err &
+swap=$!
+until grep -q 'pausing after attach' /tmp/err; do usleep 20000; done
+loopswap test-busy-bpf 2s
+echo "== busy"; echo "status=$?"
+wait $swap; status=$?
+echo "== status"; echo "status=$status"
+echo "== report"; cat /tmp/out
+echo "== after"; loopswap status --json
+echo "== readback"; dd if=/dev/lswloop0 bs=1M count=4 iflag=direct 2>/dev/null | cmp - /tmp/pattern && echo same
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    assert_eq!(section(out, "busy"), ["status=0"], "{out}");
+    assert_eq!(section(out, "status"), ["status=0"], "{out}");
+    let report = json_in(out, "report");
+    assert_committed(&report);
+    let instance = &report["instances"][0];
+    assert!(
+        instance["attempts"].as_u64().unwrap() >= 2,
+        "no attempt was refused for misses: {report}"
+    );
+    assert!(
+        instance["skipped_runs_absorbed"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        !instance["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|phase| phase["phase"] == "attach"),
+        "the committing attempt attached probes again: {report}"
+    );
+    let after = json_in(out, "after");
+    assert_eq!(after["instances"][0]["implementation"], "lswloop_v1");
+    assert_eq!(section(out, "readback"), ["same"]);
+}
+
+#[test]
 fn a_transfer_refused_after_quiescence_blames_no_thread_and_resumes_the_old_implementation() {
     // lswloop_v2 refuses the state (its `fail_import` knob). While the
     // swap of lswloop0 pauses after attaching, a read of lswloop1 enters

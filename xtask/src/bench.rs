@@ -218,6 +218,19 @@ for extra in 0 250 2000; do
         echo 0 > /sys/module/lswloop_v$next/parameters/fail_import
         echo "ABORTED $extra $report"
     done
+    # Swaps whose wait times out: a read stalled inside for longer than
+    # --timeout, and the report names who held it up, read with the gate
+    # closed.
+    for i in 1 2 3; do
+        echo 4000 > /sys/module/lswloop_v$v/parameters/stall_ms
+        dd if=/dev/$dev of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null &
+        held=$!
+        for j in $(seq 100); do grep -q lswloop_v /proc/$held/stack 2>/dev/null && break; usleep 20000; done
+        echo 0 > /sys/module/lswloop_v$v/parameters/stall_ms
+        report=$(loopswap swap $dev --to lswloop_v$next --keep-old --timeout 1s --force-wait --json) || true
+        wait $held
+        echo "TIMEDOUT $extra $report"
+    done
 done
 "#,
         setup = vm::LSWLOOP_SETUP,
@@ -552,6 +565,22 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             .push(instance["blackout_us"].as_f64().context("blackout_us")?);
     }
 
+    let mut timed_out_scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for (extra, report) in any_reports(output, "TIMEDOUT ")? {
+        let instance = &report["instances"][0];
+        let error = instance["error"].as_str().unwrap_or_default();
+        let named = instance["holders"]
+            .as_array()
+            .is_some_and(|holders| !holders.is_empty());
+        if instance["committed"] != false || !error.contains("did not become quiescent") || !named {
+            bail!("a swap meant to time out naming the stalled read did not: {report}");
+        }
+        timed_out_scaling
+            .entry(extra.parse().context("extra threads")?)
+            .or_default()
+            .push(instance["blackout_us"].as_f64().context("blackout_us")?);
+    }
+
     let blackout_median = median(&mut blackouts);
     let blackout_p99 = percentile(&mut blackouts, 0.99);
     let blackout_max = blackouts.iter().copied().fold(0.0, f64::max);
@@ -681,11 +710,12 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         phase_medians.insert(name, value);
     }
     println!(
-        "\nidle swaps, blackout median against extra idle threads (6 committed, 3 aborted at the transfer each)"
+        "\nidle swaps, blackout median against extra idle threads (3 to 6 swaps each): committed, \
+         aborted at the transfer (NEW refuses the state), aborted after a 1 s wait (a read stalled inside)"
     );
     println!(
-        "{:<14} {:>12} {:>10} {:>12} {:>10}",
-        "extra threads", "median us", "vs 0", "aborted us", "vs 0"
+        "{:<14} {:>12} {:>8} {:>12} {:>8} {:>12} {:>8}",
+        "extra threads", "committed us", "vs 0", "aborted us", "vs 0", "timed out us", "vs 0"
     );
     let medians = |scaling: &mut BTreeMap<u32, Vec<f64>>| -> BTreeMap<u32, f64> {
         scaling
@@ -695,15 +725,19 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     };
     let scale_medians = medians(&mut scaling);
     let aborted_medians = medians(&mut aborted_scaling);
-    let base = scale_medians.get(&0).copied().unwrap_or(f64::NAN);
-    let aborted_base = aborted_medians.get(&0).copied().unwrap_or(f64::NAN);
+    let timed_out_medians = medians(&mut timed_out_scaling);
     for (extra, value) in &scale_medians {
-        let aborted = aborted_medians.get(extra).copied().unwrap_or(f64::NAN);
-        println!(
-            "{extra:<14} {value:>12.0} {:>9.2}x {aborted:>12.0} {:>9.2}x",
-            value / base,
-            aborted / aborted_base
-        );
+        let mut line = format!("{extra:<14}");
+        for (medians, this) in [
+            (&scale_medians, Some(*value)),
+            (&aborted_medians, aborted_medians.get(extra).copied()),
+            (&timed_out_medians, timed_out_medians.get(extra).copied()),
+        ] {
+            let this = this.unwrap_or(f64::NAN);
+            let base = medians.get(&0).copied().unwrap_or(f64::NAN);
+            line.push_str(&format!(" {this:>12.0} {:>7.2}x", this / base));
+        }
+        println!("{line}");
     }
 
     let samples: Vec<(f64, f64)> = latency
@@ -763,6 +797,7 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         "phase_median_ms": phase_medians,
         "idle_blackout_median_us_by_extra_threads": scale_medians,
         "idle_aborted_at_transfer_blackout_median_us_by_extra_threads": aborted_medians,
+        "idle_timed_out_after_1s_blackout_median_us_by_extra_threads": timed_out_medians,
     });
     let path = folder.join("swap.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;

@@ -8,6 +8,7 @@ mod generate;
 mod live;
 mod status;
 mod swap;
+mod test_busy_bpf;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +66,8 @@ pub enum Command {
     BenchProbe(bench_probe::BenchProbeArgs),
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
+    #[command(hide = true)]
+    TestBusyBpf(test_busy_bpf::TestBusyBpfArgs),
 }
 
 impl Command {
@@ -78,6 +81,7 @@ impl Command {
             Command::Check(args) => args.execute(),
             Command::BenchProbe(args) => args.execute(),
             Command::Generate(args) => args.execute(),
+            Command::TestBusyBpf(args) => args.execute(),
         }
     }
 }

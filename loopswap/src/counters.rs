@@ -1511,6 +1511,12 @@ impl ModuleWatch {
     /// BPF program was running on the CPU, and map-full / unknown-address
     /// events of our own; since the last `absorb_skipped_runs`.
     pub fn missed(&self) -> Result<u64, Error> {
+        Ok(self.miss_totals()?.0.saturating_sub(self.absorbed_misses.0))
+    }
+
+    /// Every miss since attach, and the session link's skipped runs among
+    /// them (0 without one such link), from one read of each counter.
+    fn miss_totals(&self) -> Result<(u64, u64), Error> {
         let mut probe_misses = 0;
         let mut recursion = 0;
         // The tracefs fallback: its probes' misses, and its programs'.
@@ -1521,14 +1527,19 @@ impl ModuleWatch {
                 recursion += raw_bpf::recursion_misses(program.as_fd())?;
             }
         }
+        let mut skipped = 0;
         for link in &self.links {
-            recursion += link.missed()?;
+            let (hooks, programs) = link.missed_by_kind()?;
+            recursion += hooks + programs;
+            if self.links.len() == 1 {
+                skipped = programs;
+            }
         }
         let total = probe_misses
             + recursion
             + Self::sum_per_cpu(&self.events, event::FRAMES_NOT_RECORDED)?
             + Self::sum_per_cpu(&self.events, event::UNKNOWN_ADDRESS)?;
-        Ok(total.saturating_sub(self.absorbed_misses.0))
+        Ok((total, skipped))
     }
 
     /// Makes the counting program's skipped runs since the last call
@@ -1537,29 +1548,31 @@ impl ModuleWatch {
     /// any other kind, or the probes are not one kprobe.session link: then
     /// only fresh counters can be trusted.
     ///
-    /// The kernel skips a run while this CPU is inside a kprobe-type BPF
-    /// program or a BPF map syscall (`bpf_prog_active`). Nothing calls into
-    /// the module from inside those sections except an interrupt on top of
-    /// them, or a task that preempts a preempted syscall (full preemption).
-    /// A skipped entry skips its return too (the kernel returns 1 for it),
-    /// so the counts hold nothing of such a call: it is unseen, never
-    /// half-seen. So, as at attach: a grace period (`membarrier`'s
-    /// global command waits for one) ends every interrupt that was running
-    /// then, and a stack scan of every task seeds the frames that the
-    /// counters do not hold, leaving tasks on a CPU unresolved until their
-    /// stacks are read. Runs skipped from here on are misses again.
+    /// The kernel skips a run while the CPU is inside a kprobe-type BPF
+    /// program or a BPF map syscall (`bpf_prog_active`): an interrupt on
+    /// top of one, or a task running while such a syscall sleeps or is
+    /// preempted on that CPU. Before Linux 6.14 a skipped entry's return
+    /// still runs (later kernels skip it too), so such a call is unseen,
+    /// or seen only leaving, which takes a frame of the same function off
+    /// the thread's count. Either way the thread may hold more frames than
+    /// counted, which is what the stack scan at attach makes up for, and
+    /// is redone here (a frame taken off after the scan lowers the count
+    /// and the stack's excess alike: the seed stays). A grace period (`membarrier`'s
+    /// global command waits for one) ends every interrupt running when
+    /// the misses were read; then every thread's user-mode mark is cleared
+    /// (a mark from before a skipped entry proves nothing about it), and a
+    /// stack scan of every task seeds what each holds beyond its counted
+    /// frames, leaving tasks on a CPU unresolved until their stacks are
+    /// read. A frame counted whose return was skipped stays counted: late,
+    /// never unsafe. Runs skipped from here on are misses again.
     pub fn absorb_skipped_runs(&mut self) -> Result<Option<u64>, Error> {
-        let [link] = self.links.as_slice() else {
-            return Ok(None);
-        };
-        if !self.probes.is_empty() {
+        if self.links.len() != 1 || !self.probes.is_empty() {
             return Ok(None);
         }
-        let (_, skipped) = link.missed_by_kind()?;
         let (absorbed_total, absorbed_skipped) = self.absorbed_misses;
-        let total = self.missed()? + absorbed_total;
+        let (total, skipped) = self.miss_totals()?;
         let new_skips = skipped.saturating_sub(absorbed_skipped);
-        if total - absorbed_total != new_skips {
+        if total.saturating_sub(absorbed_total) != new_skips {
             return Ok(None);
         }
         // SAFETY: a syscall without pointers.
@@ -1568,6 +1581,10 @@ impl ModuleWatch {
             return Ok(None);
         }
         self.end_stack_check()?;
+        let marked: Vec<u32> = self.user_ticks.keys().filter_map(Result::ok).collect();
+        for tid in marked {
+            self.user_ticks.insert(tid, 0, 0)?;
+        }
         self.reseeded_ns = Some(time_in_flight::monotonic_ns());
         self.seed()?;
         if (!self.seeded.is_empty() || !self.unresolved.is_empty())

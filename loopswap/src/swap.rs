@@ -609,7 +609,6 @@ struct Counters {
 type LeftEvents = AsyncFd<RingBuf<MapData>>;
 
 impl Counters {
-    /// Attaches on first use. A refusal (a function no probe can see) is
     /// Absorbs the runs the kernel skipped since the last attempt
     /// (`ModuleWatch::absorb_skipped_runs`), and says how many; `None` when
     /// only fresh counters will do.
@@ -618,6 +617,7 @@ impl Counters {
         watch.absorb_skipped_runs().ok().flatten()
     }
 
+    /// Attaches on first use. A refusal (a function no probe can see) is
     /// `Ok(Err(why))`: it refuses every instance of the module alike.
     fn get_or_attach(
         &mut self,
@@ -874,8 +874,8 @@ async fn swap_one(
     // read since), and the wait inside the gate decides on looks of its
     // own. A miss since attach makes quiescence unprovable whatever
     // happens next, and a failure would recur inside: found now, they
-    // refuse the swap before its gate closes (a miss is retried with
-    // fresh counters at no blackout).
+    // refuse the swap before its gate closes (a miss is retried, its
+    // skipped runs absorbed or with fresh counters, at no blackout).
     match look(watch, id, Parts::Every) {
         // A look neither waits nor is interrupted.
         Ok(_) | Err(NotQuiescent::TimedOut | NotQuiescent::Cancelled) => {}
@@ -1123,7 +1123,7 @@ fn missed_reason(missed: u64, watch: &ModuleWatch) -> String {
 }
 
 /// Refuses an instance, before its gate closes, for probe misses: it is
-/// retried with fresh counters.
+/// retried (see `absorb_skipped_runs`).
 fn refuse_for_misses(report: &mut InstanceReport, missed: u64, watch: &ModuleWatch) {
     report.unprovable = true;
     report.error = Some(format!(
@@ -1136,10 +1136,10 @@ fn refuse_for_misses(report: &mut InstanceReport, missed: u64, watch: &ModuleWat
 /// that each attempt was refused, and what to do about it.
 fn unprovable_every_time(attempts: u32) -> String {
     format!(
-        " (refused so in each of {attempts} attempts, each with fresh counters; the instance is unchanged: \
-         run the swap again, at a quieter moment if it keeps failing: the kernel skips a probe run \
-         when one of the module's timers fires inside another BPF program's run on that CPU, \
-         most often under load)"
+        " (refused so in each of {attempts} attempts, each after the runs skipped before it were absorbed \
+         or with fresh counters; the instance is unchanged: run the swap again, at a quieter moment if \
+         it keeps failing: the kernel skips a probe run when one of the module's timers fires inside \
+         another BPF program's run or a BPF syscall on that CPU, most often under load)"
     )
 }
 

@@ -293,7 +293,7 @@ dd if=/tmp/pattern of=/dev/lswloop0 bs=1M oflag=direct 2>/dev/null
 insmod /modules/lswloop_v2.ko
 loopswap swap lswloop0 --to lswloop_v2 --keep-old > /dev/null
 set +e
-loopswap swap lswloop0 --to lswloop_v1 --keep-old --json --test-pause-after attach:3s > /tmp/out 2> /tmp/err &
+loopswap swap lswloop0 --to lswloop_v1 --keep-old --json --test-pause-after attach:5s > /tmp/out 2> /tmp/err &
 swap=$!
 until grep -q 'pausing after attach' /tmp/err; do usleep 20000; done
 loopswap test-busy-bpf 2s

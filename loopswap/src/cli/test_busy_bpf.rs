@@ -15,16 +15,22 @@ pub struct TestBusyBpfArgs {
 }
 
 /// The map value each syscall copies: the longer the copy, the larger the
-/// share of time the CPU spends with its BPF programs held off.
-const VALUE_BYTES: u32 = 4 << 20;
+/// share of time the CPU spends with its BPF programs held off (well under
+/// the kernel's largest array value, `KMALLOC_MAX_SIZE`).
+const VALUE_BYTES: u32 = 1 << 20;
 
 impl TestBusyBpfArgs {
     pub fn execute(&self) -> anyhow::Result<()> {
         loopswap::module::check_root()?;
         let until = Instant::now() + self.duration;
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let allowed =
+            nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).context("this process's CPUs")?;
+        let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+            .filter(|cpu| allowed.is_set(*cpu).unwrap_or(false))
+            .collect();
         std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..cpus)
+            let workers: Vec<_> = cpus
+                .into_iter()
                 .map(|cpu| {
                     scope.spawn(move || -> anyhow::Result<()> {
                         let mut on_cpu = nix::sched::CpuSet::new();

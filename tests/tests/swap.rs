@@ -21,6 +21,15 @@ fn number(facts: &std::collections::HashMap<String, String>, key: &str) -> u64 {
         .unwrap()
 }
 
+/// Whether an instance's report lists the phase `name`.
+fn has_phase(instance: &Value, name: &str) -> bool {
+    instance["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|phase| phase["phase"] == name)
+}
+
 fn assert_committed(report: &Value) {
     let instance = &report["instances"][0];
     assert_eq!(instance["committed"], true, "{report}");
@@ -321,11 +330,7 @@ echo "== end"
         "{report}"
     );
     assert!(
-        !instance["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|phase| phase["phase"] == "attach"),
+        !has_phase(instance, "attach"),
         "the committing attempt attached probes again: {report}"
     );
     let after = json_in(out, "after");
@@ -386,11 +391,7 @@ echo "== end"
     let error = instance["error"].as_str().unwrap();
     assert!(error.contains("could not import state"), "{error}");
     assert!(
-        instance["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|phase| phase["phase"] == "wait+confirm"),
+        has_phase(instance, "wait+confirm"),
         "quiescence was proven before the transfer: {report}"
     );
     assert_eq!(instance["busy_functions"], serde_json::json!([]), "{report}");
@@ -548,14 +549,7 @@ echo "== end"
     // The stalled read's own thread, not a reader of lswloop1.
     let report = committed_after_waiting_out_the_stalled_read(out);
     let instance = &report["instances"][0];
-    assert!(
-        instance["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|phase| phase["phase"] == "wait out"),
-        "{report}"
-    );
+    assert!(has_phase(instance, "wait out"), "{report}");
     // Had the gate closed at once, the blackout would include the rest of
     // the 8 s stall (over 5 s): the gate closed after the thread left.
     assert!(instance["blackout_us"].as_u64().unwrap() < 1_000_000, "{report}");

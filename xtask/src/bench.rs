@@ -294,6 +294,35 @@ fn any_reports<'a>(output: &'a str, prefix: &str) -> anyhow::Result<Vec<(&'a str
     Ok(found)
 }
 
+/// The blackouts of the aborted swaps reported on the lines starting with
+/// `prefix` (tagged with the extra threads), by that number; fails with
+/// `unexpected` unless each swap was aborted with an error containing
+/// `error` and, if `names_holders`, named the threads that held it up.
+fn aborted_blackouts(
+    output: &str,
+    prefix: &str,
+    error: &str,
+    names_holders: bool,
+    unexpected: &str,
+) -> anyhow::Result<BTreeMap<u32, Vec<f64>>> {
+    let mut by_extra: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+    for (extra, report) in any_reports(output, prefix)? {
+        let instance = &report["instances"][0];
+        let said = instance["error"].as_str().unwrap_or_default();
+        let named = instance["holders"]
+            .as_array()
+            .is_some_and(|holders| !holders.is_empty());
+        if instance["committed"] != false || !said.contains(error) || (names_holders && !named) {
+            bail!("{unexpected}: {report}");
+        }
+        by_extra
+            .entry(extra.parse().context("extra threads")?)
+            .or_default()
+            .push(instance["blackout_us"].as_f64().context("blackout_us")?);
+    }
+    Ok(by_extra)
+}
+
 /// The nearest-rank percentile: the smallest value with at least `q` of
 /// the values at or below it (with 20 values, p99 is the largest).
 fn percentile(values: &mut [f64], q: f64) -> f64 {
@@ -552,34 +581,20 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         );
     }
 
-    let mut aborted_scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-    for (extra, report) in any_reports(output, "ABORTED ")? {
-        let instance = &report["instances"][0];
-        let error = instance["error"].as_str().unwrap_or_default();
-        if instance["committed"] != false || !error.contains("could not import state") {
-            bail!("a swap meant to be refused at its transfer was not: {report}");
-        }
-        aborted_scaling
-            .entry(extra.parse().context("extra threads")?)
-            .or_default()
-            .push(instance["blackout_us"].as_f64().context("blackout_us")?);
-    }
-
-    let mut timed_out_scaling: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-    for (extra, report) in any_reports(output, "TIMEDOUT ")? {
-        let instance = &report["instances"][0];
-        let error = instance["error"].as_str().unwrap_or_default();
-        let named = instance["holders"]
-            .as_array()
-            .is_some_and(|holders| !holders.is_empty());
-        if instance["committed"] != false || !error.contains("did not become quiescent") || !named {
-            bail!("a swap meant to time out naming the stalled read did not: {report}");
-        }
-        timed_out_scaling
-            .entry(extra.parse().context("extra threads")?)
-            .or_default()
-            .push(instance["blackout_us"].as_f64().context("blackout_us")?);
-    }
+    let mut aborted_scaling = aborted_blackouts(
+        output,
+        "ABORTED ",
+        "could not import state",
+        false,
+        "a swap meant to be refused at its transfer was not",
+    )?;
+    let mut timed_out_scaling = aborted_blackouts(
+        output,
+        "TIMEDOUT ",
+        "did not become quiescent",
+        true,
+        "a swap meant to time out naming the stalled read did not",
+    )?;
 
     let blackout_median = median(&mut blackouts);
     let blackout_p99 = percentile(&mut blackouts, 0.99);

@@ -59,7 +59,7 @@ pub fn read(pid: i32, tid: i32) -> Stack {
 /// One read of a task's kernel stack: `Unknown` if it is empty (on a CPU,
 /// or dead: [`read`] tells them apart).
 pub fn read_once(pid: i32, tid: i32) -> Stack {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
+    let Some(text) = stack_text(pid, tid) else {
         return Stack::Gone;
     };
     let frames: Vec<Frame> = text.lines().filter_map(parse_frame).collect();
@@ -68,6 +68,11 @@ pub fn read_once(pid: i32, tid: i32) -> Stack {
     } else {
         Stack::Frames(frames)
     }
+}
+
+/// `/proc`'s text of a task's kernel stack; `None` once the task is gone.
+fn stack_text(pid: i32, tid: i32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).ok()
 }
 
 /// Zombie or dead: no kernel frames to find, ever.
@@ -124,7 +129,7 @@ pub fn scan_module(module: &str) -> Result<ModuleTasks, procfs::ProcError> {
 /// CPU) is read again, as [`read`] does; one never read shows none.
 pub fn text_if_inside(pid: i32, tid: i32, module: &str) -> Option<Vec<String>> {
     for _ in 0..UNKNOWN_RETRIES {
-        let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")).ok()?;
+        let text = stack_text(pid, tid)?;
         let mut frames = text.lines().filter_map(parse_frame).peekable();
         if frames.peek().is_none() {
             std::thread::yield_now();

@@ -15,6 +15,7 @@ pub mod kmod;
 pub mod module;
 pub mod preflight;
 pub mod raw_bpf;
+pub mod realtime;
 pub mod run_cache;
 pub mod snapshot;
 pub mod stacks;

@@ -28,6 +28,7 @@ use crate::{
     counters::{ModuleWatch, StackCheck, WatchOptions},
     kallsyms::Scope,
     kmod, module,
+    realtime::RealtimeSection,
     snapshot::FunctionCount,
     stacks::{self, TaskId},
     time_in_flight::Estimate,
@@ -80,6 +81,9 @@ pub struct SwapOptions {
     /// For tests: stop (sleep) after this phase of the first instance,
     /// `PHASE` for good or `PHASE:DURATION` for that long.
     pub pause_after: Option<String>,
+    /// For benchmarks: hold the gate at the thread's own priority instead
+    /// of real-time (see [`RealtimeSection`]).
+    pub ordinary_priority: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -630,6 +634,8 @@ impl Counters {
                 ..WatchOptions::default()
             };
             let mut watch = ModuleWatch::attach(module, &options_watch)?;
+            // With the attach, not just before the gate closes.
+            watch.prepare_stack_check();
             let blind = watch.blind_functions();
             if !blind.is_empty() {
                 return Ok(Err(format!(
@@ -892,7 +898,19 @@ async fn swap_one(
     }
 
     // From here on, any failure aborts (and so does our exit: the core
-    // aborts a swap whose handle closes, or whose deadline passes).
+    // aborts a swap whose handle closes, or whose deadline passes). Until
+    // the gate opens again, the workload it holds up must not preempt us.
+    let realtime = if options.ordinary_priority {
+        Ok(RealtimeSection::ordinary())
+    } else {
+        RealtimeSection::enter()
+    };
+    if let Err(err) = &realtime {
+        (phases.progress)(&format!(
+            "{}: the gate is held at ordinary priority (real-time refused: {err})",
+            instance.name
+        ));
+    }
     let at = Instant::now();
     let kernel_deadline = options.timeout + KERNEL_DEADLINE_MARGIN;
     match control.command(&format!(
@@ -1010,6 +1028,7 @@ async fn swap_one(
             abort(control, &mut report, reason);
         }
     }
+    drop(realtime);
     phases.gate_open();
     if let Err(err) = watch.end_stack_check() {
         (phases.progress)(&format!("{}: the switch watch stays on: {err}", instance.name));
@@ -1297,6 +1316,7 @@ instance 2 name=lswloop2 class=lswloop impl=lswloop_v2 gate=open held=0 swap=non
             force_wait: false,
             wait_out: Duration::from_millis(10),
             pause_after: None,
+            ordinary_priority: false,
         }
     }
 

@@ -287,6 +287,44 @@ echo "== end"
 }
 
 #[test]
+fn the_gate_is_held_at_real_time_priority_and_only_while_closed() {
+    // The policy (field 41 of /proc/PID/stat: 0 ordinary, 1 SCHED_FIFO)
+    // and real-time priority (field 40) of the swap's thread, paused after
+    // attach (gate open) and after closing the gate; and, closed, with the
+    // benchmarks' control switch that keeps the ordinary priority.
+    let outcome = run_ok(&format!(
+        r#"{LSWLOOP_SETUP}
+add disk0 64
+insmod /modules/lswloop_v2.ko
+policy() {{ awk '{{ print "policy=" $41 " priority=" $40 }}' /proc/$1/task/$1/stat; }}
+paused() {{
+    loopswap swap lswloop0 --to $1 --keep-old --json --test-pause-after $2:2s $3 > /tmp/out 2> /tmp/err &
+    swap=$!
+    until grep -q "pausing after $2" /tmp/err; do usleep 20000; done
+    echo "== $2$3"; policy $swap
+    wait $swap
+    echo "== $2$3 report"; cat /tmp/out
+}}
+paused lswloop_v2 attach
+paused lswloop_v1 gate
+paused lswloop_v2 gate --ordinary-priority
+echo "== end"
+"#
+    ));
+    let out = &outcome.output;
+    assert_eq!(section(out, "attach"), ["policy=0 priority=0"], "{out}");
+    assert_eq!(section(out, "gate"), ["policy=1 priority=1"], "{out}");
+    assert_eq!(
+        section(out, "gate--ordinary-priority"),
+        ["policy=0 priority=0"],
+        "{out}"
+    );
+    for name in ["attach", "gate", "gate--ordinary-priority"] {
+        assert_committed(&json_in(out, &format!("{name} report")));
+    }
+}
+
+#[test]
 fn runs_the_kernel_skipped_are_absorbed_without_a_new_attach() {
     // lswloop_v2's sampler timer calls into the module every 100 ms. While
     // the swap pauses after attaching, `loopswap test-busy-bpf` keeps every

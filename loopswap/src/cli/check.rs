@@ -39,6 +39,7 @@ impl CheckArgs {
             force_wait: false,
             wait_out: Duration::from_millis(10),
             pause_after: None,
+            ordinary_priority: false,
         };
         print(&preflight::check(&options)?, self.json)
     }

@@ -70,6 +70,11 @@ pub struct SwapArgs {
     /// or with PHASE:DURATION for that long.
     #[arg(long, hide = true, value_name = "PHASE")]
     pub test_pause_after: Option<String>,
+
+    /// Benchmarks only: hold the gate at the thread's own priority, not
+    /// real-time (the control for what the real-time section buys).
+    #[arg(long, hide = true)]
+    pub ordinary_priority: bool,
 }
 
 impl SwapArgs {
@@ -83,6 +88,7 @@ impl SwapArgs {
             force_wait: self.force_wait,
             wait_out: self.wait_out,
             pause_after: self.test_pause_after.clone(),
+            ordinary_priority: self.ordinary_priority,
         };
         if self.dry_run {
             // The swap's own usage checks first (e.g. names with --all).

@@ -60,6 +60,8 @@ pub struct RealtimeSection {
     /// The policy and parameters to restore; `None` when nothing was
     /// changed (already real-time, or the control).
     previous: Option<(libc::c_int, SchedParam)>,
+    /// The thread runs at real-time priority (raised here, or already).
+    realtime: bool,
 }
 
 impl RealtimeSection {
@@ -72,7 +74,10 @@ impl RealtimeSection {
         let (policy, param) = current()?;
         let base = policy & !libc::SCHED_RESET_ON_FORK;
         if base == libc::SCHED_FIFO || base == libc::SCHED_RR {
-            return Ok(Self::ordinary());
+            return Ok(Self {
+                previous: None,
+                realtime: true,
+            });
         }
         set(
             libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
@@ -80,18 +85,21 @@ impl RealtimeSection {
         )?;
         Ok(Self {
             previous: Some((policy, param)),
+            realtime: true,
         })
     }
 
     /// A section that changes nothing (the control in benchmarks).
     pub fn ordinary() -> Self {
-        Self { previous: None }
+        Self {
+            previous: None,
+            realtime: false,
+        }
     }
 
-    /// Whether the thread runs at real-time priority because of this
-    /// section.
-    pub fn raised(&self) -> bool {
-        self.previous.is_some()
+    /// Whether the thread runs at real-time priority in this section.
+    pub fn is_realtime(&self) -> bool {
+        self.realtime
     }
 }
 
@@ -113,7 +121,7 @@ mod tests {
         let before = current().expect("the thread's policy").0;
         match RealtimeSection::enter() {
             Ok(section) => {
-                if section.raised() {
+                if section.is_realtime() {
                     let inside = current().expect("the thread's policy").0 & !libc::SCHED_RESET_ON_FORK;
                     assert_eq!(inside, libc::SCHED_FIFO);
                 }

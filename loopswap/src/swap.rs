@@ -121,6 +121,10 @@ pub struct InstanceReport {
     /// Calls inside (or bouncing off the gate) just after it closed: what
     /// the drain waited for.
     pub inflight_at_gate: Option<u64>,
+    /// The controller held the gate at real-time priority (see
+    /// [`RealtimeSection`]); false if the gate never closed, or the
+    /// kernel refused it (the progress line says why).
+    pub realtime_gate: bool,
     pub error: Option<String>,
     /// Before the gate closed: when the instance would likely be quiescent.
     pub quiescent_in: Option<Estimate>,
@@ -201,8 +205,13 @@ impl SwapReport {
             if let Some(blackout) = instance.blackout_us {
                 let _ = writeln!(
                     out,
-                    "  blackout (gate closed -> open): {blackout} us, {} calls held at the gate",
-                    instance.held_calls.unwrap_or(0)
+                    "  blackout (gate closed -> open): {blackout} us, {} calls held at the gate{}",
+                    instance.held_calls.unwrap_or(0),
+                    if instance.realtime_gate {
+                        ""
+                    } else {
+                        " (held at ordinary priority)"
+                    }
                 );
             }
             if instance.attempts > 1 {
@@ -760,6 +769,7 @@ async fn swap_one(
         blackout_us: None,
         held_calls: None,
         inflight_at_gate: None,
+        realtime_gate: false,
         error: None,
         quiescent_in: None,
         gate_closed_unix_us: None,
@@ -928,6 +938,7 @@ async fn swap_one(
         }
     }
     report.gated = true;
+    report.realtime_gate = realtime.as_ref().is_ok_and(RealtimeSection::is_realtime);
     report.gate_closed_unix_us = Some(unix_us());
     phases.gated = true;
     phases.record(&mut report, "gate", at);

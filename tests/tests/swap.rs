@@ -319,8 +319,14 @@ echo "== end"
         ["policy=0 priority=0"],
         "{out}"
     );
-    for name in ["attach", "gate", "gate--ordinary-priority"] {
-        assert_committed(&json_in(out, &format!("{name} report")));
+    for (name, realtime) in [
+        ("attach", true),
+        ("gate", true),
+        ("gate--ordinary-priority", false),
+    ] {
+        let report = json_in(out, &format!("{name} report"));
+        assert_committed(&report);
+        assert_eq!(report["instances"][0]["realtime_gate"], realtime, "{report}");
     }
 }
 

@@ -1077,7 +1077,12 @@ static int __init lsw_core_init(void)
 {
 	int ret;
 
-	lsw_deadline_wq = alloc_workqueue("lsw_deadline", WQ_MEM_RECLAIM, 0);
+	/*
+	 * Unbound: the deadline must fire even while the controller that set
+	 * it holds its CPU (it runs SCHED_FIFO while a gate is closed).
+	 */
+	lsw_deadline_wq = alloc_workqueue("lsw_deadline",
+					  WQ_MEM_RECLAIM | WQ_UNBOUND | WQ_HIGHPRI, 0);
 	if (!lsw_deadline_wq)
 		return -ENOMEM;
 	ret = misc_register(&lsw_misc);

@@ -856,7 +856,7 @@ impl ModuleWatch {
         let (exits, probed): (Vec<&Function>, Vec<&Function>) = self
             .functions
             .iter()
-            .partition(|function| function.names.iter().any(|name| name == "cleanup_module"));
+            .partition(|function| function.is_module_exit());
         let addresses: Vec<u64> = probed.iter().map(|function| function.address).collect();
         let exits: Vec<Function> = exits.into_iter().cloned().collect();
         // fprobe follows at most (addresses × CPUs × 2) returns at once,
@@ -1209,7 +1209,7 @@ impl ModuleWatch {
     pub fn blind_functions(&self) -> Vec<String> {
         self.unprobed
             .iter()
-            .filter(|function| !function.names.iter().any(|name| name == "cleanup_module"))
+            .filter(|function| !function.is_module_exit())
             .map(|function| function.name.clone())
             .collect()
     }

@@ -18,6 +18,14 @@ pub struct Function {
     pub exported: bool,
 }
 
+impl Function {
+    /// The module's exit function (aliased `cleanup_module`): not
+    /// ftrace-able, and run only while the module unloads.
+    pub fn is_module_exit(&self) -> bool {
+        self.names.iter().any(|name| name == "cleanup_module")
+    }
+}
+
 /// Which functions of a module to count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {

@@ -6,19 +6,26 @@
 //! preempted by the very workload it holds up: the blocked callers' own
 //! siblings, kernel workers, other processes. On the 2-vCPU test VM under
 //! fio single steps (closing the gate, the commit) were seen to take 8–14 ms
-//! instead of 0.4 ms. `SCHED_FIFO` at the lowest real-time priority is
-//! preempted by no ordinary task and by every real-time kernel thread
-//! (interrupt threads run at 50, the watchdog and migration threads at 99).
+//! instead of 0.4 ms. At `SCHED_FIFO` priority 1 no ordinary task preempts
+//! the controller's own steps; interrupts still do, and so does any
+//! real-time kernel thread above priority 1 (threaded interrupt handlers,
+//! the watchdog and migration threads).
 //!
-//! Nothing in the section spins: every wait in it sleeps (the drain in the
-//! kernel, the wait for the counters between looks), and the kernel's own
-//! real-time throttling bounds any section that did not.
+//! No wait in the section polls: the drain sleeps in the kernel, and the
+//! wait for the counters sleeps until a frame that counts for the instance
+//! leaves or 20 ms pass. The core's deadline work runs on an unbound
+//! workqueue, so a controller stuck at this priority on one CPU cannot
+//! hold it off.
 
-use std::io;
+use std::{io, marker::PhantomData};
 
 /// The lowest real-time priority: above every ordinary task, below every
-/// real-time kernel thread.
+/// real-time kernel thread that runs higher.
 const PRIORITY: libc::c_int = 1;
+
+/// `SCHED_DEADLINE`, which `sched_setscheduler` cannot set back (it takes
+/// `sched_setattr`): a thread under it is left as it is.
+const SCHED_DEADLINE: libc::c_int = 6;
 
 /// The kernel's `struct sched_param`. musl's `sched_*` wrappers of these
 /// calls return ENOSYS (POSIX means the process, Linux the thread), and
@@ -53,8 +60,8 @@ fn set(policy: libc::c_int, param: SchedParam) -> io::Result<()> {
 }
 
 /// While it lives, the calling thread runs `SCHED_FIFO` at [`PRIORITY`]
-/// (children it forks do not inherit it); dropped, its policy and priority
-/// are what they were.
+/// (children it forks do not inherit it); left (or dropped), its policy and
+/// priority are what they were. Not `Send`: the policy is the thread's.
 #[derive(Debug)]
 pub struct RealtimeSection {
     /// The policy and parameters to restore; `None` when nothing was
@@ -62,21 +69,23 @@ pub struct RealtimeSection {
     previous: Option<(libc::c_int, SchedParam)>,
     /// The thread runs at real-time priority (raised here, or already).
     realtime: bool,
+    _thread_bound: PhantomData<*const ()>,
 }
 
 impl RealtimeSection {
     /// Raises the calling thread to real-time priority. Not allowed (no
-    /// `CAP_SYS_NICE`, or a cgroup without real-time runtime), it says
-    /// why; the caller goes on at the thread's own priority, as correct,
-    /// only more exposed to preemption. A thread already real-time is left
-    /// as it is.
+    /// `CAP_SYS_NICE` nor `RLIMIT_RTPRIO`, or a cgroup without real-time
+    /// runtime), it says why; the caller goes on at the thread's own
+    /// priority, as correct, only more exposed to preemption. A thread
+    /// already real-time (or under `SCHED_DEADLINE`) is left as it is.
     pub fn enter() -> io::Result<Self> {
         let (policy, param) = current()?;
         let base = policy & !libc::SCHED_RESET_ON_FORK;
-        if base == libc::SCHED_FIFO || base == libc::SCHED_RR {
+        if [libc::SCHED_FIFO, libc::SCHED_RR, SCHED_DEADLINE].contains(&base) {
             return Ok(Self {
                 previous: None,
                 realtime: true,
+                _thread_bound: PhantomData,
             });
         }
         set(
@@ -86,6 +95,7 @@ impl RealtimeSection {
         Ok(Self {
             previous: Some((policy, param)),
             realtime: true,
+            _thread_bound: PhantomData,
         })
     }
 
@@ -94,6 +104,7 @@ impl RealtimeSection {
         Self {
             previous: None,
             realtime: false,
+            _thread_bound: PhantomData,
         }
     }
 
@@ -101,14 +112,48 @@ impl RealtimeSection {
     pub fn is_realtime(&self) -> bool {
         self.realtime
     }
+
+    /// Ends the section: the thread's policy and priority as before. The
+    /// kernel lets a thread without `CAP_SYS_NICE` lower its priority but
+    /// not clear `SCHED_RESET_ON_FORK`, so that flag is kept if it must
+    /// be; if even that is refused the thread is made ordinary, and the
+    /// error says what it could not restore.
+    pub fn leave(mut self) -> io::Result<()> {
+        self.restore()
+    }
+
+    fn restore(&mut self) -> io::Result<()> {
+        let Some((policy, param)) = self.previous.take() else {
+            return Ok(());
+        };
+        let refused = match set(policy, param) {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        if set(policy | libc::SCHED_RESET_ON_FORK, param).is_ok() {
+            return Ok(());
+        }
+        let ordinary = set(
+            libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK,
+            SchedParam::default(),
+        );
+        Err(io::Error::new(
+            refused.kind(),
+            format!(
+                "policy {policy} not restored ({refused}); {}",
+                match ordinary {
+                    Ok(()) => "the thread is ordinary (SCHED_OTHER) instead".to_owned(),
+                    Err(err) => format!("it stays real-time ({err})"),
+                }
+            ),
+        ))
+    }
 }
 
 impl Drop for RealtimeSection {
     fn drop(&mut self) {
-        if let Some((policy, param)) = self.previous.take() {
-            // A real-time thread may always lower its own priority.
-            let _ = set(policy, param);
-        }
+        // On paths that did not `leave` (an early return, a panic).
+        let _ = self.restore();
     }
 }
 
@@ -123,8 +168,13 @@ mod tests {
             Ok(section) => {
                 if section.is_realtime() {
                     let inside = current().expect("the thread's policy").0 & !libc::SCHED_RESET_ON_FORK;
-                    assert_eq!(inside, libc::SCHED_FIFO);
+                    // FIFO, or the real-time policy the thread had.
+                    assert!(
+                        [libc::SCHED_FIFO, libc::SCHED_RR, SCHED_DEADLINE].contains(&inside),
+                        "policy {inside}"
+                    );
                 }
+                section.leave().expect("the policy restored");
             }
             // Unprivileged test runs are not allowed real-time priority.
             Err(err) => assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}"),

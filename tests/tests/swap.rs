@@ -290,8 +290,9 @@ echo "== end"
 fn the_gate_is_held_at_real_time_priority_and_only_while_closed() {
     // The policy (field 41 of /proc/PID/stat: 0 ordinary, 1 SCHED_FIFO)
     // and real-time priority (field 40) of the swap's thread, paused after
-    // attach (gate open) and after closing the gate; and, closed, with the
-    // benchmarks' control switch that keeps the ordinary priority.
+    // attach (gate open), after closing the gate, and after the commit
+    // (gate open again); and, closed, with the benchmarks' control switch
+    // that keeps the ordinary priority.
     let outcome = run_ok(&format!(
         r#"{LSWLOOP_SETUP}
 add disk0 64
@@ -308,6 +309,7 @@ paused() {{
 paused lswloop_v2 attach
 paused lswloop_v1 gate
 paused lswloop_v2 gate --ordinary-priority
+paused lswloop_v1 commit
 echo "== end"
 "#
     ));
@@ -319,10 +321,13 @@ echo "== end"
         ["policy=0 priority=0"],
         "{out}"
     );
+    // After the commit opened the gate: ordinary again.
+    assert_eq!(section(out, "commit"), ["policy=0 priority=0"], "{out}");
     for (name, realtime) in [
         ("attach", true),
         ("gate", true),
         ("gate--ordinary-priority", false),
+        ("commit", true),
     ] {
         let report = json_in(out, &format!("{name} report"));
         assert_committed(&report);

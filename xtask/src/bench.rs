@@ -31,7 +31,9 @@ pub enum Which {
     /// fio writes to ext4 on it (direct and buffered jobs), alternating
     /// v1 -> v2 -> v1, against fio's own latency without swaps, the slowest
     /// I/O in gate windows against control windows, IOPS while probes
-    /// attach and detach against before, a livepatch transition of
+    /// attach and detach against before, against a busy process and
+    /// against an empty kprobe.session link on the same functions (the
+    /// floor), a livepatch transition of
     /// lswloop_v1_queue_rq idle and under the same load, a naive module
     /// reload, and idle swaps with 0 / 250 / 2,000 extra threads. Writes
     /// target/bench/swap.json and two SVG pictures beside it.
@@ -166,6 +168,22 @@ for i in 1 2 3 4 5; do
     from=$(epoch_us)
     timeout 1 sh -c 'while :; do :; done' || true
     echo "BUSY $from $(epoch_us)"
+done
+# The floor of the probes' collateral cost: an empty kprobe.session link
+# on every function of the module the next swap would probe (the device's
+# implementation), attached and detached 5 times by a process that does
+# nothing else (no counting, no stack scans, no gate).
+impl=$(sed -n 's/^lswloop0 .*impl=\([a-z0-9_]*\).*/\1/p' /sys/kernel/lswloop/devices)
+for i in 1 2 3 4 5; do
+    sleep 1
+    from=$(epoch_us)
+    rm -f /tmp/probe.txt
+    loopswap bench-probe --session $impl > /tmp/probe.txt &
+    probe=$!
+    until grep -q attached /tmp/probe.txt; do usleep 10000; done
+    kill -TERM $probe
+    wait $probe
+    echo "EMPTYLINK $from $(epoch_us)"
 done
 sleep 1
 kill -INT $fio
@@ -325,6 +343,22 @@ fn aborted_blackouts(
 
 /// The nearest-rank percentile: the smallest value with at least `q` of
 /// the values at or below it (with 20 values, p99 is the largest).
+/// The (from, to) spans of the lines starting with `prefix`, given in µs
+/// since the epoch, in ms.
+fn spans_ms(output: &str, prefix: &str) -> Vec<(f64, f64)> {
+    output
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix))
+        .filter_map(|span| {
+            let (from, to) = span.trim().split_once(' ')?;
+            Some((
+                from.parse::<f64>().ok()? / 1000.0,
+                to.parse::<f64>().ok()? / 1000.0,
+            ))
+        })
+        .collect()
+}
+
 fn percentile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let rank = (values.len() as f64 * q).ceil() as usize;
@@ -450,27 +484,25 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     // While one CPU-bound process ran, after the swaps (`BUSY` lines: its
     // start and end in µs since the epoch): the control for what any busy
     // process costs the workload in this VM.
-    let busy_windows_ms: Vec<(f64, f64)> = output
-        .lines()
-        .filter_map(|line| line.strip_prefix("BUSY "))
-        .filter_map(|span| {
-            let (from, to) = span.trim().split_once(' ')?;
-            Some((
-                from.parse::<f64>().ok()? / 1000.0,
-                to.parse::<f64>().ok()? / 1000.0,
-            ))
-        })
-        .collect();
+    let busy_windows_ms = spans_ms(output, "BUSY ");
     if busy_windows_ms.len() != 5 || busy_windows_ms.iter().any(|(from, to)| to - from < 500.0) {
         bail!("the CPU-bound control did not run 5 times for about a second each: {busy_windows_ms:?}");
     }
-    // The slowest I/O completing in each gate window (a log window that
-    // overlaps it), against the same-length window at the same offset in
-    // the control seconds before the first swap.
+    // While an empty kprobe.session link on the same functions was
+    // attached and detached by a process doing nothing else (`EMPTYLINK`
+    // lines): the floor of what the probes cost the workload here.
+    let empty_link_windows_ms = spans_ms(output, "EMPTYLINK ");
+    if empty_link_windows_ms.len() != 5 {
+        bail!("the empty link was not attached and detached 5 times: {empty_link_windows_ms:?}");
+    }
+    // The slowest I/O completing in each gate window (a log entry whose
+    // 10 ms, which end at its time, overlap it), against the same-length
+    // window at the same offset in the control seconds before the first
+    // swap.
     let worst_in = |from: f64, to: f64| -> f64 {
         latency
             .iter()
-            .filter(|(ms, _)| (*ms as f64) + 10.0 >= from && (*ms as f64) <= to + 10.0)
+            .filter(|(ms, _)| (*ms as f64) >= from && (*ms as f64) <= to + 10.0)
             .map(|(_, us)| *us)
             .fold(0.0, f64::max)
     };
@@ -555,6 +587,17 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         values.iter().sum::<f64>() / values.len().max(1) as f64
     };
     let iops_probes = mean_iops(&probe_windows_ms);
+    let iops_empty_link = mean_iops(&empty_link_windows_ms);
+    // The slowest I/O of each swap's life outside its gate window, and of
+    // each empty link's process.
+    let mut probe_worst: Vec<f64> = swap_spans_ms
+        .iter()
+        .map(|&(started, closed, opened, ended)| worst_in(started, closed).max(worst_in(opened, ended)))
+        .collect();
+    let mut empty_link_worst: Vec<f64> = empty_link_windows_ms
+        .iter()
+        .map(|(from, to)| worst_in(*from, *to))
+        .collect();
     let iops_busy = mean_iops(&busy_windows_ms);
     let iops_quiet = mean_iops(&[(first_ms as f64 + 500.0, first_swap_ms - 500.0)]);
 
@@ -682,6 +725,28 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         "  IOPS while probes attach or detach / while it runs",
         format!("{:.2}x", iops_probes / iops_busy),
     );
+    row(
+        "  IOPS while an empty link on the same functions comes and goes (floor), ratio to before",
+        format!("{iops_empty_link:.0} ({:.2}x)", iops_empty_link / iops_quiet),
+    );
+    row(
+        "  IOPS while probes attach or detach / the floor",
+        format!("{:.2}x", iops_probes / iops_empty_link),
+    );
+    let (probe_worst_median, empty_link_worst_median) =
+        (median(&mut probe_worst), median(&mut empty_link_worst));
+    row(
+        "slowest I/O in a swap's life outside its gate, median over swaps",
+        format!("{:.1} ms", probe_worst_median / 1000.0),
+    );
+    row(
+        "  in an empty link's process life (floor), median of 5",
+        format!(
+            "{:.1} ms ({:.2}x)",
+            empty_link_worst_median / 1000.0,
+            probe_worst_median / empty_link_worst_median
+        ),
+    );
     let whole_median = median(&mut whole);
     let idle_whole_median = median(&mut idle_whole);
     let mut enable_median = |load: &str| -> anyhow::Result<f64> {
@@ -793,6 +858,8 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             "gate_windows_median": gate_median,
             "control_windows_median": control_median,
             "one_cpu_bound_process_windows_median": busy_median,
+            "swap_outside_gate_median": probe_worst_median,
+            "empty_session_link_process_median": empty_link_worst_median,
             "run_with_swaps": worst_with,
             "run_with_swaps_completed_in": worst_where,
             "before_first_swap": worst_without,
@@ -804,6 +871,7 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             "probes_attaching_or_detaching": iops_probes,
             "before_first_swap": iops_quiet,
             "one_cpu_bound_process": iops_busy,
+            "empty_session_link_attaching_or_detaching": iops_empty_link,
         },
         "livepatch_transition_ms": livepatch.iter().map(|(load, (enables, disables))| {
             (load.to_string(), serde_json::json!({ "enable": enables, "disable": disables }))

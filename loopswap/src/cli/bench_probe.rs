@@ -7,11 +7,15 @@ use tokio::signal::unix::{SignalKind, signal};
 /// empty programs to MODULE's FUNCTION, the way aya attaches them by
 /// default (or, with --multi, as two kprobe.multi links; with --session, as
 /// one kprobe.session link running one empty program at entry and return,
-/// the counters' mechanism), and hold them until SIGINT/SIGTERM.
+/// the counters' mechanism), and hold them until SIGINT/SIGTERM. Without
+/// FUNCTION (with --multi or --session only), every function of the
+/// module's text, as the counters probe them: the floor of what attaching
+/// and detaching them costs, without counting.
 #[derive(Debug, Args)]
 pub struct BenchProbeArgs {
     pub module: String,
-    pub function: String,
+    #[arg(required_unless_present_any = ["multi", "session"])]
+    pub function: Option<String>,
     /// Attach through kprobe.multi links instead of a kprobe+kretprobe.
     #[arg(long, conflicts_with = "session")]
     pub multi: bool,
@@ -33,15 +37,26 @@ impl BenchProbeArgs {
         if self.multi || self.session {
             let symbols =
                 loopswap::kallsyms::module_symbols(&self.module).context("reading /proc/kallsyms")?;
-            let address = loopswap::kallsyms::module_functions(
+            let functions = loopswap::kallsyms::module_functions(
                 &symbols,
                 &self.module,
                 loopswap::kallsyms::Scope::AllText,
-            )
-            .into_iter()
-            .find(|function| function.names.contains(&self.function))
-            .with_context(|| format!("no function {} in module {}", self.function, self.module))?
-            .address;
+            );
+            let addresses: Vec<u64> = match &self.function {
+                Some(name) => vec![
+                    functions
+                        .into_iter()
+                        .find(|function| function.names.contains(name))
+                        .with_context(|| format!("no function {name} in module {}", self.module))?
+                        .address,
+                ],
+                // As the counters probe them: all but the exit function.
+                None => functions
+                    .into_iter()
+                    .filter(|function| !function.is_module_exit())
+                    .map(|function| function.address)
+                    .collect(),
+            };
             let object = loopswap::raw_bpf::LoadedObject::load(loopswap::counters::OBJECT, &[])?;
             let programs = object.programs();
             if self.session {
@@ -52,7 +67,7 @@ impl BenchProbeArgs {
                     loopswap::raw_bpf::MultiLink::attach_session(
                         programs,
                         "lsw_noop_enter",
-                        &[address],
+                        &addresses,
                         no_kfuncs,
                     )
                     .context("attaching lsw_noop_enter through kprobe.session")?,
@@ -63,11 +78,15 @@ impl BenchProbeArgs {
                 .filter(|_| self.multi)
             {
                 multi_links.push(
-                    loopswap::raw_bpf::MultiLink::attach(programs, name, &[address], returns)
+                    loopswap::raw_bpf::MultiLink::attach(programs, name, &addresses, returns)
                         .with_context(|| format!("attaching {name} through kprobe.multi"))?,
                 );
             }
         } else {
+            let function = self
+                .function
+                .as_deref()
+                .context("FUNCTION is needed without --multi or --session")?;
             // The counters' task storage map is one aya 0.14 has no type
             // for; the baseline does not use it.
             let ebpf = ebpf.insert(
@@ -83,18 +102,26 @@ impl BenchProbeArgs {
                 program.load()?;
                 links.push(
                     program
-                        .attach(&self.function, 0)
+                        .attach(function, 0)
                         .with_context(|| format!("attaching {name}"))?,
                 );
             }
         }
-        println!("attached to {}:{}", self.module, self.function);
+        let target = format!(
+            "{}:{}",
+            self.module,
+            self.function.as_deref().unwrap_or("every function")
+        );
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(async {
+                // Handled before "attached" is said: a shell's background
+                // job starts with SIGINT ignored, and a signal sent on
+                // reading that line must not be lost.
                 let mut interrupt = signal(SignalKind::interrupt())?;
                 let mut terminate = signal(SignalKind::terminate())?;
+                println!("attached to {target}");
                 tokio::select! {
                     _ = interrupt.recv() => {},
                     _ = terminate.recv() => {},

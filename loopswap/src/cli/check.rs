@@ -40,6 +40,7 @@ impl CheckArgs {
             wait_out: Duration::from_millis(10),
             pause_after: None,
             ordinary_priority: false,
+            pre_gate_pause: loopswap::swap::PRE_GATE_PAUSE,
         };
         print(&preflight::check(&options)?, self.json)
     }

@@ -66,7 +66,7 @@ pub struct SwapArgs {
     pub keep_old: bool,
 
     /// Tests only: stop after this phase of the first instance (attach,
-    /// wait out, gate, drain, quiesce, wait+confirm, transfer) and sleep until killed,
+    /// wait out, pause, gate, drain, quiesce, wait+confirm, transfer, commit) and sleep until killed,
     /// or with PHASE:DURATION for that long.
     #[arg(long, hide = true, value_name = "PHASE")]
     pub test_pause_after: Option<String>,
@@ -75,6 +75,11 @@ pub struct SwapArgs {
     /// real-time (the control for what the real-time section buys).
     #[arg(long, hide = true)]
     pub ordinary_priority: bool,
+
+    /// Benchmarks only: the longest pause before the gate closes (0s is
+    /// the control for what the pause buys).
+    #[arg(long, hide = true, default_value = "25ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub pre_gate_pause: Duration,
 }
 
 impl SwapArgs {
@@ -89,6 +94,7 @@ impl SwapArgs {
             wait_out: self.wait_out,
             pause_after: self.test_pause_after.clone(),
             ordinary_priority: self.ordinary_priority,
+            pre_gate_pause: self.pre_gate_pause,
         };
         if self.dry_run {
             // The swap's own usage checks first (e.g. names with --all).

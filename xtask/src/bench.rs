@@ -717,22 +717,24 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
         format!("{iops_quiet:.0}"),
     );
     row("  ratio", format!("{:.2}x", iops_probes / iops_quiet));
-    row(
-        "  IOPS while a busy process runs (control), ratio to before",
-        format!("{iops_busy:.0} ({:.2}x)", iops_busy / iops_quiet),
-    );
-    row(
-        "  IOPS while probes attach or detach / while it runs",
-        format!("{:.2}x", iops_probes / iops_busy),
-    );
-    row(
-        "  IOPS while an empty link on the same functions comes and goes (floor), ratio to before",
-        format!("{iops_empty_link:.0} ({:.2}x)", iops_empty_link / iops_quiet),
-    );
-    row(
-        "  IOPS while probes attach or detach / the floor",
-        format!("{:.2}x", iops_probes / iops_empty_link),
-    );
+    // Against the two controls: any busy process, and the probes' floor.
+    for (while_it, that, iops) in [
+        ("a busy process runs (control)", "while it runs", iops_busy),
+        (
+            "an empty link on the same functions comes and goes (floor)",
+            "the floor",
+            iops_empty_link,
+        ),
+    ] {
+        row(
+            &format!("  IOPS while {while_it}, ratio to before"),
+            format!("{iops:.0} ({:.2}x)", iops / iops_quiet),
+        );
+        row(
+            &format!("  IOPS while probes attach or detach / {that}"),
+            format!("{:.2}x", iops_probes / iops),
+        );
+    }
     let (probe_worst_median, empty_link_worst_median) =
         (median(&mut probe_worst), median(&mut empty_link_worst));
     row(

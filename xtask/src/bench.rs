@@ -33,7 +33,8 @@ pub enum Which {
     /// I/O in gate windows against control windows, IOPS while probes
     /// attach and detach against before, against a busy process and
     /// against an empty kprobe.session link on the same functions (the
-    /// floor), a livepatch transition of
+    /// floor), IOPS with the counters attached against after, a livepatch
+    /// transition of
     /// lswloop_v1_queue_rq idle and under the same load, a naive module
     /// reload, and idle swaps with 0 / 250 / 2,000 extra threads. Writes
     /// target/bench/swap.json and two SVG pictures beside it.
@@ -185,7 +186,37 @@ for i in 1 2 3 4 5; do
     wait $probe
     echo "EMPTYLINK $from $(epoch_us)"
 done
-sleep 1
+# The counters' steady cost: 4 s with `loopswap watch` attached (from 1 s
+# after its first snapshot) against the 4 s that follow its detach (from
+# 1 s after it), and the same with the empty link held instead (the
+# mechanism alone), 3 times in turn.
+for i in 1 2 3; do
+    rm -f /tmp/probe.txt
+    loopswap bench-probe --session $impl > /tmp/probe.txt &
+    probe=$!
+    until grep -q attached /tmp/probe.txt; do usleep 10000; done
+    sleep 1
+    from=$(epoch_us)
+    sleep 4
+    echo "LINKHELD $from $(epoch_us)"
+    kill -TERM $probe
+    wait $probe
+    sleep 1
+    rm -f /tmp/watch.json
+    loopswap watch --json --interval 1h $impl > /tmp/watch.json &
+    watch=$!
+    while [ ! -s /tmp/watch.json ]; do usleep 10000; done
+    sleep 1
+    from=$(epoch_us)
+    sleep 4
+    echo "WATCHED $from $(epoch_us)"
+    kill -TERM $watch
+    wait $watch
+    sleep 1
+    from=$(epoch_us)
+    sleep 4
+    echo "UNWATCHED $from $(epoch_us)"
+done
 kill -INT $fio
 wait $fio || true
 sed 's/^/LAT /' /tmp/lat_clat.1.log
@@ -495,6 +526,14 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     if empty_link_windows_ms.len() != 5 {
         bail!("the empty link was not attached and detached 5 times: {empty_link_windows_ms:?}");
     }
+    // With the counters attached and counting, and in the seconds after.
+    let (watched_ms, unwatched_ms) = (spans_ms(output, "WATCHED "), spans_ms(output, "UNWATCHED "));
+    let link_held_ms = spans_ms(output, "LINKHELD ");
+    if watched_ms.len() != 3 || unwatched_ms.len() != 3 || link_held_ms.len() != 3 {
+        bail!(
+            "the counters' steady cost was not measured 3 times: {watched_ms:?} {unwatched_ms:?} {link_held_ms:?}"
+        );
+    }
     // The slowest I/O completing in each gate window (a log entry whose
     // 10 ms, which end at its time, overlap it), against the same-length
     // window at the same offset in the control seconds before the first
@@ -588,6 +627,8 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
     };
     let iops_probes = mean_iops(&probe_windows_ms);
     let iops_empty_link = mean_iops(&empty_link_windows_ms);
+    let (iops_watched, iops_unwatched) = (mean_iops(&watched_ms), mean_iops(&unwatched_ms));
+    let iops_link_held = mean_iops(&link_held_ms);
     // The slowest I/O of each swap's life outside its gate window, and of
     // each empty link's process.
     let mut probe_worst: Vec<f64> = swap_spans_ms
@@ -735,6 +776,17 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             format!("{:.2}x", iops_probes / iops),
         );
     }
+    row(
+        "direct-job IOPS with the counters attached (watch) / in the seconds after",
+        format!(
+            "{iops_watched:.0} / {iops_unwatched:.0} ({:.2}x)",
+            iops_watched / iops_unwatched
+        ),
+    );
+    row(
+        "  with the empty link held instead (the mechanism alone) / the same seconds after",
+        format!("{iops_link_held:.0} ({:.2}x)", iops_link_held / iops_unwatched),
+    );
     let (probe_worst_median, empty_link_worst_median) =
         (median(&mut probe_worst), median(&mut empty_link_worst));
     row(
@@ -874,6 +926,9 @@ fn swap(swaps: u32) -> anyhow::Result<()> {
             "before_first_swap": iops_quiet,
             "one_cpu_bound_process": iops_busy,
             "empty_session_link_attaching_or_detaching": iops_empty_link,
+            "counters_attached": iops_watched,
+            "empty_session_link_held": iops_link_held,
+            "after_counters_detached": iops_unwatched,
         },
         "livepatch_transition_ms": livepatch.iter().map(|(load, (enables, disables))| {
             (load.to_string(), serde_json::json!({ "enable": enables, "disable": disables }))
